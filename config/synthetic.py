@@ -1,0 +1,15 @@
+# Synthetic ergodic components on CPU: `python prepare.py --source=synthetic` first.
+# A small GPT that learns the chains in about a minute on 2 cores; K from --k=1..5.
+data_dir = "data/synthetic"
+device = "cpu"
+n_layer = 2
+n_head = 4
+n_embd = 64
+batch_size = 32
+learning_rate = 3e-3
+min_lr = 3e-4
+warmup_iters = 30
+eval_interval = 100
+ckpt_interval = 50
+log_interval = 20
+val_windows = 100

@@ -1,0 +1,201 @@
+"""
+Per-position cross entropy XE(t), t = 1..100, of trained runs on a fixed evaluation set.
+
+    python evaluate.py out/<run>                  # one run
+    python evaluate.py out/*  --force             # every run, re-evaluating finished ones
+
+The evaluation set is drawn once per dataset (N windows of 101 tokens from every category's test
+split, spread over as many documents as possible, fixed seed) and saved beside the data, so every
+model is scored on the same windows and comparisons across K are paired. On synthetic data each
+window is also scored by the exact Bayes-optimal predictor of the run's training mixture and by
+the oracle that knows the window's component.
+
+Writes out/<run>/eval.npz (per-window, per-position losses in nats, keyed "model:<cat>",
+"bayes:<cat>", "oracle:<cat>", "doc:<cat>") and out/<run>/eval.json (the summary; written last).
+"""
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from common import (BLOCK, Dataset, UserError, atomic_path, config_defaults, configure, file_sha,
+                    fixed_windows, gather_windows, read_json, run_cli, write_json)
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+eval_windows = 1000         # windows per category in the fixed evaluation set
+eval_seed = 0               # the evaluation set's seed (the same for every run)
+batch_size = 500            # windows per forward pass
+device = "auto"
+dtype = "bfloat16"          # autocast on CUDA; losses are always computed in float32
+force = False               # re-evaluate runs that already have eval.json
+# -----------------------------------------------------------------------------
+LN2 = np.log(2.0)
+
+
+def load_evalset(dataset, n, seed):
+    """The fixed evaluation windows of a dataset, drawn on first use and saved beside the data."""
+    path = os.path.join(dataset.dir, f"evalset_n{n}_s{seed}.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            if str(z["meta_sha"]) != dataset.meta_sha:
+                raise UserError(f"{path} was drawn from a different dataset than {dataset.dir}/"
+                                f"meta.json; delete it and evaluate again to redraw it")
+            return path, {c: (z[f"start:{c}"], z[f"doc:{c}"]) for c in dataset.components}
+    windows = {c: fixed_windows(dataset, c, "test", n, seed) for c in dataset.components}
+    arrays = {"meta_sha": np.array(dataset.meta_sha)}
+    for c, (starts, docs) in windows.items():
+        arrays[f"start:{c}"], arrays[f"doc:{c}"] = starts, docs
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return path, windows
+
+
+# -----------------------------------------------------------------------------
+# the exact Bayes-optimal reference for mixtures of Markov chains
+
+def bayes_losses(windows, transition, stationary, prior):
+    """
+    Per-position loss (nats) of the Bayes-optimal predictor of a mixture of Markov chains.
+    windows: (N, T+1) token ids; transition: (M, V, V); stationary: (M, V); prior: (M,).
+    The posterior over the M chains starts at prior x stationary(x_0) and is updated token by
+    token; the predictive is the posterior-weighted mix of the chains' next-token rows.
+    Returns (N, T): the loss of predicting x_t from x_0..x_{t-1}, t = 1..T.
+    """
+    log_p = np.log(transition)                         # (M, V, V)
+    log_post = np.log(prior)[None, :] + np.log(stationary)[:, windows[:, 0]].T   # (N, M)
+    losses = np.empty((windows.shape[0], windows.shape[1] - 1))
+    for t in range(1, windows.shape[1]):
+        log_post -= np.logaddexp.reduce(log_post, axis=1, keepdims=True)       # normalise
+        step = log_p[:, windows[:, t - 1], windows[:, t]].T                     # (N, M)
+        log_post += step
+        losses[:, t - 1] = -np.logaddexp.reduce(log_post, axis=1)
+    return losses
+
+
+# -----------------------------------------------------------------------------
+
+@torch.inference_mode()
+def model_losses(model, x, y, device, batch_size, autocast):
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i:i + batch_size]).to(device)
+        yb = torch.from_numpy(y[i:i + batch_size]).to(device)
+        with autocast:
+            out.append(model(xb, yb).float().cpu())
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def load_run(run_dir, dataset_cache, device):
+    """Check a run folder, load its model and dataset; one-line errors for what is wrong."""
+    config_path, ckpt_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "ckpt.pt")
+    if not os.path.exists(config_path):
+        raise UserError(f"{run_dir} is not a run folder (no config.json); train one with "
+                        f"`python train.py config/<config>.py`")
+    saved = read_json(config_path)
+    if not (os.path.exists(os.path.join(run_dir, "done")) and os.path.exists(ckpt_path)):
+        argv = " ".join(saved.get("provenance", {}).get("argv", [])[1:])
+        raise UserError(f"{run_dir} has not finished training (no done marker); finish it with "
+                        f"`python train.py {argv}`")
+    cfg = saved["config"]
+    data_dir = cfg["data_dir"]
+    if data_dir not in dataset_cache:
+        dataset_cache[data_dir] = Dataset(data_dir)
+    dataset = dataset_cache[data_dir]
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model_config = GPTConfig(vocab_size=dataset.vocab_size, block_size=cfg["block_size"],
+                             n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                             dropout=0.0, bias=cfg["bias"])
+    vocab_rows = ckpt["model"]["wte.weight"].shape[0]
+    if vocab_rows != model_config.padded_vocab or cfg["block_size"] != BLOCK:
+        raise UserError(f"{run_dir}'s checkpoint (vocabulary {vocab_rows} rows, block "
+                        f"{cfg['block_size']}) does not match {data_dir} (vocabulary "
+                        f"{dataset.vocab_size} -> {model_config.padded_vocab} rows, block {BLOCK}); "
+                        f"evaluate it against the dataset it was trained on")
+    model = GPT(model_config)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return saved, dataset, model, ckpt["step"]
+
+
+def summarise(losses):
+    xe_t = losses.mean(axis=0)
+    return {"xe_mean": float(xe_t.mean()), "xe_mean_bits": float(xe_t.mean() / LN2),
+            "xe_t": [round(float(v), 6) for v in xe_t]}
+
+
+def evaluate_run(run_dir, cfg, dataset_cache, device):
+    eval_json = os.path.join(run_dir, "eval.json")
+    if os.path.exists(eval_json) and not cfg.force:
+        print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
+        return read_json(eval_json)
+    t0 = time.time()
+    saved, dataset, model, step = load_run(run_dir, dataset_cache, device)
+    evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
+    names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
+    chains = dataset.chains()
+    is_cuda = device.type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=getattr(torch, cfg.dtype)) if is_cuda
+                else torch.autocast("cpu", enabled=False))
+    arrays, categories = {}, {}
+    for cat in dataset.components:
+        starts, docs = evalset[cat]
+        x, y = gather_windows(dataset.tokens(cat, "test"), starts, np.full(len(starts), BLOCK))
+        losses = model_losses(model, x, y, device, cfg.batch_size, autocast)
+        arrays[f"model:{cat}"], arrays[f"doc:{cat}"] = losses, docs
+        entry = {"n_windows": len(starts), "n_docs": int(len(np.unique(docs))),
+                 "in_mixture": cat in names, **summarise(losses)}
+        if chains is not None:
+            windows = np.concatenate([x, y[:, -1:]], axis=1)
+            index = {n: i for i, n in enumerate(chains["names"])}
+            mix = [index[n] for n in names]
+            bayes = bayes_losses(windows, chains["transition"][mix], chains["stationary"][mix],
+                                 np.asarray(weights))
+            c = index[cat]
+            oracle = bayes_losses(windows, chains["transition"][[c]], chains["stationary"][[c]],
+                                  np.ones(1))
+            arrays[f"bayes:{cat}"], arrays[f"oracle:{cat}"] = bayes.astype(np.float32), oracle.astype(np.float32)
+            entry["bayes"], entry["oracle"] = summarise(bayes), summarise(oracle)
+        categories[cat] = entry
+    with atomic_path(os.path.join(run_dir, "eval.npz")) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    done = read_json(os.path.join(run_dir, "done"))
+    result = {"run": os.path.basename(os.path.normpath(run_dir)), "dataset": dataset.name,
+              "source": dataset.source, "k": len(names), "components": names, "weights": weights,
+              "seed": saved["config"]["seed"], "model_size": saved["model"]["size"],
+              "n_params": saved["model"]["n_params"], "token_budget": saved["mixture"]["budget"],
+              "tokens_trained": done["tokens"], "checkpoint_step": step,
+              "evalset": {"path": evalset_path, "sha": file_sha(evalset_path),
+                          "seed": cfg.eval_seed, "n_windows": cfg.eval_windows},
+              "categories": categories}
+    if chains is not None:
+        result["entropy_rate"] = {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])}
+    write_json(eval_json, result)
+    own = np.mean([categories[n]["xe_mean"] for n in names])
+    print(f"{run_dir}: K={len(names)} XE over its own components {own:.4f} nats "
+          f"({own / LN2:.4f} bits), {len(categories)} categories x {cfg.eval_windows} windows "
+          f"in {time.time() - t0:.1f}s")
+    return result
+
+
+def main(argv):
+    runs = [a for a in argv if not a.startswith("--") and os.path.isdir(a)]
+    options = [a for a in argv if a not in runs]
+    cfg = SimpleNamespace(**configure(config_defaults(globals()), options))
+    if not runs:
+        raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
+                        "(`ls out/` lists them)")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    dataset_cache = {}
+    for run_dir in runs:
+        evaluate_run(run_dir, cfg, dataset_cache, device)
+
+
+if __name__ == "__main__":
+    run_cli(main)

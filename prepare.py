@@ -1,0 +1,337 @@
+"""
+Prepare the per-component token files that every other script reads.
+
+    python prepare.py                                   # arXiv (ccdv/arxiv-classification, no_ref)
+    python prepare.py --data_files=path/to/parquet_dir  # the same schema from local files
+    python prepare.py --source=synthetic                # random ergodic Markov chains, no network
+
+Output, one dataset per folder (built in a temporary folder and renamed into place at the end):
+
+    data/<dataset>/meta.json                  written last; readers check files against it
+    data/<dataset>/stats.json                 docs/tokens per component and split, default order
+    data/<dataset>/<component>/<split>.bin    uint16 tokens, every document followed by EOT
+    data/<dataset>/<component>/<split>.idx    int64 document start offsets (n_docs + 1)
+    data/<dataset>/chains.npz                 synthetic only: the chains, for Bayes-optimal XE
+"""
+import glob
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common import (ARXIV_LABELS, SPLITS, UserError, configure, config_defaults, provenance,
+                    run_cli, write_json)
+
+# -----------------------------------------------------------------------------
+# config (module globals are the defaults; override with a config file or --key=value)
+source = "arxiv"            # "arxiv" or "synthetic"
+data_dir = ""               # output folder; default data/arxiv or data/synthetic
+force = False               # rebuild even if data_dir already holds a complete dataset
+seed = 1337
+# arxiv
+hf_repo = "ccdv/arxiv-classification"
+hf_config = "no_ref"        # "default" keeps category strings like "cs.PL" in the text: a leak
+data_files = ""             # local copy: a folder with train*/validation*/test* parquet or jsonl files,
+                            # or "train=a.parquet,validation=b.jsonl,test=c.parquet"
+categories = []             # restrict to these categories (default: all 11)
+tokenizer = "gpt2"          # tiktoken encoding; r50k_base has identical ranks and works offline
+num_proc = 0                # tokenizer threads; 0 = all cores
+batch_docs = 64             # documents per tokenizer batch
+# synthetic
+n_components = 5            # number of chains (up to 11)
+synth_vocab = 64            # chain states; EOT is token synth_vocab
+concentration = 0.1         # Dirichlet concentration of each transition row (small = peaked rows)
+floor = 0.02                # uniform mixing, so every transition is possible
+doc_tokens = (1000, 4000)   # document length range (tokens, before EOT)
+split_tokens = (400_000, 20_000, 150_000)   # approximate tokens per component: train, val, test
+# -----------------------------------------------------------------------------
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+class SplitWriter:
+    """Streams one component's split to <split>.bin / .idx, one document at a time."""
+
+    def __init__(self, folder, split):
+        os.makedirs(folder, exist_ok=True)
+        self.bin = open(os.path.join(folder, f"{split}.bin"), "wb")
+        self.offsets = [0]
+
+    def add(self, tokens):
+        tokens = np.asarray(tokens, dtype=np.uint16)
+        self.bin.write(tokens.tobytes())
+        self.offsets.append(self.offsets[-1] + len(tokens))
+
+    def close(self):
+        self.bin.close()
+        idx_path = self.bin.name[:-4] + ".idx"
+        np.asarray(self.offsets, dtype=np.int64).tofile(idx_path)
+        return {"docs": len(self.offsets) - 1, "tokens": self.offsets[-1],
+                "bin_bytes": 2 * self.offsets[-1], "idx_bytes": 8 * len(self.offsets)}
+
+
+# -----------------------------------------------------------------------------
+# arXiv: one loading call (hub or local files), then the same tokenizing path
+
+def resolve_data_files(spec):
+    """Local files in the dataset's schema: a folder (split by file name) or split=pattern pairs."""
+    if "=" in spec:
+        files = dict(part.split("=", 1) for part in spec.split(",") if part)
+        files = {k.strip(): sorted(glob.glob(v.strip())) for k, v in files.items()}
+    elif os.path.isdir(spec):
+        files = {}
+        for hf_split, names in (("train", ["train"]), ("validation", ["validation", "val"]),
+                                ("test", ["test"])):
+            found = []
+            for name in names:
+                for ext in ("parquet", "jsonl", "json"):
+                    found += glob.glob(os.path.join(spec, f"{name}*.{ext}"))
+                    found += glob.glob(os.path.join(spec, "**", f"{name}*.{ext}"), recursive=True)
+            files[hf_split] = sorted(set(found))
+    else:
+        raise UserError(f"--data_files={spec}: not a folder, nor 'train=...,validation=...,test=...'")
+    missing = [s for s in HF_SPLITS.values() if not files.get(s)]
+    if missing:
+        raise UserError(f"--data_files={spec}: no files for split(s) {', '.join(missing)}; "
+                        f"expected train*/validation*/test* .parquet or .jsonl files")
+    exts = {os.path.splitext(p)[1] for ps in files.values() for p in ps}
+    if len(exts) != 1:
+        raise UserError(f"--data_files={spec}: mixed file types {sorted(exts)}; use one format")
+    builder = "parquet" if exts == {".parquet"} else "json"
+    return builder, files
+
+
+def load_arxiv(cfg):
+    """Returns {hf_split: datasets.Dataset}. The hub and a local copy differ only in this call."""
+    import datasets
+    if cfg.data_files:
+        builder, files = resolve_data_files(cfg.data_files)
+        loaded = datasets.load_dataset(builder, data_files=files)
+        origin = {"data_files": files}
+    else:
+        import huggingface_hub
+        datasets.logging.set_verbosity_error()      # one clear line below, not the hub's noise
+        huggingface_hub.utils.logging.set_verbosity_error()
+        try:
+            loaded = datasets.load_dataset(cfg.hf_repo, cfg.hf_config)
+        except Exception as e:
+            raise UserError(f"could not load {cfg.hf_repo} ({cfg.hf_config}) from the Hugging Face "
+                            f"hub ({type(e).__name__}: {str(e).splitlines()[0][:120]}); with a local "
+                            f"copy in the same schema run `python prepare.py --data_files=<folder "
+                            f"with train/validation/test parquet or jsonl>`")
+        origin = {"hf_repo": cfg.hf_repo, "hf_config": cfg.hf_config,
+                  "cache_files": [f["filename"] for ds in loaded.values() for f in ds.cache_files]}
+    for split, ds in loaded.items():
+        missing = {"text", "label"} - set(ds.column_names)
+        if missing:
+            raise UserError(f"split '{split}' has no column(s) {sorted(missing)} (has "
+                            f"{ds.column_names}); the schema is text (string) and label")
+    return loaded, origin
+
+
+def label_names(ds):
+    names = getattr(ds.features["label"], "names", None)
+    return list(names) if names else ARXIV_LABELS
+
+
+def to_category(label, names):
+    if isinstance(label, str):
+        return label
+    return names[int(label)]
+
+
+def tokenize_arxiv(cfg, out):
+    import tiktoken
+    from tqdm import tqdm
+    loaded, origin = load_arxiv(cfg)
+    try:
+        enc = tiktoken.get_encoding(cfg.tokenizer)
+    except Exception as e:
+        raise UserError(f"tiktoken encoding '{cfg.tokenizer}' unavailable ({e}); offline, set "
+                        f"TIKTOKEN_CACHE_DIR to a cache holding it or use --tokenizer=r50k_base")
+    eot = enc.eot_token
+    names = label_names(loaded["train"])
+    wanted = list(cfg.categories) or names
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                        f"{', '.join(unknown)}; valid: {', '.join(names)}")
+    threads = cfg.num_proc or os.cpu_count()
+    splits = {c: {} for c in wanted}
+    for split, hf_split in HF_SPLITS.items():
+        ds = loaded[hf_split]
+        writers = {c: SplitWriter(os.path.join(out, c), split) for c in wanted}
+        bar = tqdm(total=len(ds), desc=f"tokenize {split}", unit="doc", file=sys.stderr,
+                   disable=None)
+        for batch in ds.iter(batch_size=cfg.batch_docs):
+            cats = [to_category(label, names) for label in batch["label"]]
+            keep = [i for i, c in enumerate(cats) if c in writers]
+            encoded = enc.encode_ordinary_batch([batch["text"][i] for i in keep],
+                                                num_threads=threads)
+            for i, tokens in zip(keep, encoded):
+                tokens.append(eot)
+                writers[cats[i]].add(tokens)
+            bar.update(len(cats))
+        bar.close()
+        for c, w in writers.items():
+            splits[c][split] = w.close()
+    # a local sample may hold only some categories: keep those with documents in every split
+    empty = [c for c in wanted if any(splits[c][s]["docs"] == 0 for s in SPLITS)]
+    if empty and cfg.categories:
+        raise UserError(f"categor{'y' if len(empty) == 1 else 'ies'} {', '.join(empty)} "
+                        f"{'has' if len(empty) == 1 else 'have'} no documents in some split")
+    if empty:
+        print(f"note: skipping {len(empty)} categories without documents in every split: "
+              f"{', '.join(empty)}")
+        for c in empty:
+            shutil.rmtree(os.path.join(out, c))
+            del splits[c]
+        wanted = [c for c in wanted if c not in empty]
+        if not wanted:
+            raise UserError("no category has documents in all of train, validation and test")
+    return {"tokenizer": cfg.tokenizer, "vocab_size": enc.n_vocab, "eot": eot,
+            "components": wanted, "splits": splits, "origin": origin}
+
+
+# -----------------------------------------------------------------------------
+# synthetic: random ergodic Markov chains, the ground truth we can compute Bayes-optimal XE for
+
+def make_chain(rng, vocab, alpha, floor):
+    rows = rng.dirichlet(np.full(vocab, alpha), size=vocab)
+    transition = (1 - floor) * rows + floor / vocab          # every entry >= floor/vocab > 0
+    transition /= transition.sum(1, keepdims=True)
+    stationary = stationary_distribution(transition)
+    entropy_rate = float(-(stationary[:, None] * transition * np.log(transition)).sum())
+    return transition, stationary, entropy_rate
+
+
+def stationary_distribution(transition):
+    """pi P = pi, from the left eigenvector of eigenvalue 1 (unique: the chain is ergodic)."""
+    values, vectors = np.linalg.eig(transition.T)
+    pi = np.real(vectors[:, np.argmin(np.abs(values - 1))])
+    return pi / pi.sum()
+
+
+def sample_docs(rng, transition, stationary, lengths):
+    """Runs of the chain from its stationary distribution, all documents stepped together."""
+    cdf = np.cumsum(transition, axis=1)
+    cdf[:, -1] = 1.0
+    n, longest = len(lengths), int(max(lengths))
+    states = np.empty((n, longest), dtype=np.uint16)
+    current = rng.choice(len(stationary), size=n, p=stationary)
+    states[:, 0] = current
+    for t in range(1, longest):
+        u = rng.random(n)
+        current = (cdf[current] < u[:, None]).sum(1)
+        states[:, t] = current
+    return [states[i, :lengths[i]] for i in range(n)]
+
+
+def write_synthetic(cfg, out):
+    if not 1 <= cfg.n_components <= 11:
+        raise UserError(f"n_components={cfg.n_components}: use 1 to 11 synthetic components")
+    rng = np.random.default_rng(cfg.seed)
+    eot = cfg.synth_vocab
+    names = [f"chain{i}" for i in range(cfg.n_components)]
+    chains = [make_chain(rng, cfg.synth_vocab, cfg.concentration, cfg.floor) for _ in names]
+    splits = {c: {} for c in names}
+    lo, hi = cfg.doc_tokens
+    for name, (transition, stationary, _) in zip(names, chains):
+        for split, target in zip(SPLITS, cfg.split_tokens):
+            lengths = []
+            while sum(lengths) < target:
+                lengths.append(int(rng.integers(lo, hi + 1)))
+            writer = SplitWriter(os.path.join(out, name), split)
+            for doc in sample_docs(rng, transition, stationary, lengths):
+                writer.add(np.append(doc, eot))
+            splits[name][split] = writer.close()
+    np.savez(os.path.join(out, "chains.npz"), names=np.array(names),
+             transition=np.stack([c[0] for c in chains]),
+             stationary=np.stack([c[1] for c in chains]),
+             entropy_rate=np.array([c[2] for c in chains]))
+    params = {k: getattr(cfg, k) for k in ("n_components", "synth_vocab", "concentration",
+                                           "floor", "doc_tokens", "split_tokens", "seed")}
+    return {"tokenizer": "synthetic", "vocab_size": cfg.synth_vocab + 1, "eot": eot,
+            "components": names, "splits": splits, "origin": {"synthetic": params},
+            "entropy_rate": {n: c[2] for n, c in zip(names, chains)}}
+
+
+# -----------------------------------------------------------------------------
+# analysis: the table users read first, and the default component order
+
+def analyse(splits):
+    rows = []
+    for comp, per_split in splits.items():
+        for split in SPLITS:
+            s = per_split[split]
+            rows.append({"category": comp, "split": split, "docs": s["docs"], "tokens": s["tokens"],
+                         "mean_tokens_per_doc": round(s["tokens"] / max(s["docs"], 1), 1)})
+    by_train = sorted(splits, key=lambda c: (-splits[c]["train"]["tokens"], c))
+    top5 = sorted(by_train[:5], key=lambda c: (splits[c]["train"]["tokens"], c))
+    return {"rows": rows, "top5_smallest_first": top5, "default_order": top5,
+            "default_budget": splits[top5[0]]["train"]["tokens"]}
+
+
+def print_table(stats):
+    print(f"{'category':<10} {'split':<6} {'docs':>8} {'tokens':>14} {'tokens/doc':>11}")
+    for r in stats["rows"]:
+        print(f"{r['category']:<10} {r['split']:<6} {r['docs']:>8,} {r['tokens']:>14,} "
+              f"{r['mean_tokens_per_doc']:>11,.0f}")
+    print(f"top five by train tokens, smallest first (default order for K = 1..5): "
+          f"{', '.join(stats['top5_smallest_first'])}")
+    print(f"default token budget (train tokens of {stats['top5_smallest_first'][0]}): "
+          f"{stats['default_budget']:,}")
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv):
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
+    if cfg.source not in ("arxiv", "synthetic"):
+        raise UserError(f"source='{cfg.source}': use --source=arxiv or --source=synthetic")
+    cfg.data_dir = cfg.data_dir or os.path.join("data", cfg.source)
+    final = cfg.data_dir.rstrip("/")
+    if os.path.exists(os.path.join(final, "meta.json")) and not cfg.force:
+        raise UserError(f"{final} already holds a complete dataset; use it as it is, or rebuild "
+                        f"it with `python prepare.py --source={cfg.source} --data_dir={final} --force`")
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    # everything is written into a temporary folder beside the final one, renamed at the end,
+    # so an interrupted prepare leaves nothing that looks like a dataset
+    work = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(final)}-")
+    os.chmod(work, 0o755)
+    t0 = time.time()
+    try:
+        built = write_synthetic(cfg, work) if cfg.source == "synthetic" else tokenize_arxiv(cfg, work)
+        stats = analyse(built["splits"])
+        write_json(os.path.join(work, "stats.json"), stats)
+        meta = {"dataset": os.path.basename(final), "source": cfg.source,
+                "tokenizer": built["tokenizer"], "vocab_size": built["vocab_size"],
+                "eot": built["eot"], "dtype": "uint16", "components": built["components"],
+                "default_order": stats["default_order"], "splits": built["splits"],
+                "origin": built["origin"], "seed": cfg.seed,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "provenance": provenance()}
+        if "entropy_rate" in built:
+            meta["entropy_rate"] = built["entropy_rate"]
+        write_json(os.path.join(work, "meta.json"), meta)       # last: marks the folder complete
+        if os.path.exists(final):
+            old = final + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total = sum(s["tokens"] for per in built["splits"].values() for s in per.values())
+    seconds = time.time() - t0
+    print_table(stats)
+    print(f"wrote {final}: {total:,} tokens in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} tokens/s)")
+
+
+if __name__ == "__main__":
+    run_cli(main)
