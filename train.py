@@ -48,6 +48,8 @@ device = "auto"             # "auto", "cpu", "cuda", "cuda:1"
 compile = True              # torch.compile (CUDA only; CPU runs eager)
 dtype = "bfloat16"          # autocast dtype on CUDA ("bfloat16", "float16", "float32"); CPU: float32
 gpu_resident = True         # keep the mixture's tokens on the GPU and gather windows there
+cpu_threads = 0             # torch threads on CPU; 0 = torch's default. Tiny models run fastest
+                            # on 1 thread (and the synthetic sweep then trains runs side by side)
 # model
 n_layer = 6
 n_head = 6
@@ -75,7 +77,7 @@ wandb_project = "ergodic-k"
 wandb_run_name = ""
 # -----------------------------------------------------------------------------
 # keys that do not change the numbers a run produces: a resumed run may change them
-OPERATIONAL_KEYS = {"device", "compile", "gpu_resident", "log_interval", "ckpt_interval",
+OPERATIONAL_KEYS = {"device", "compile", "gpu_resident", "cpu_threads", "log_interval", "ckpt_interval",
                     "peak_flops", "wandb_log", "wandb_project", "wandb_run_name", "out_dir"}
 
 
@@ -351,6 +353,8 @@ def main(argv):
 
     # seeds for everything; determinism on CPU makes resume bit-identical
     torch.manual_seed(cfg.seed)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     is_cuda = device.type == "cuda"
     if is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -478,16 +482,28 @@ def main(argv):
             np.add.at(tokens_seen, comp[real], n_targets[real])
             tokens_interval += total_targets
 
-            if step % cfg.log_interval == 0 or step == total_steps:
+            stopping = stop["signal"] is not None
+            if ddp:
+                flag = torch.tensor([float(stopping)], device=device)
+                torch.distributed.all_reduce(flag)
+                stopping = flag.item() > 0
+            checkpoint_now = step % cfg.ckpt_interval == 0 or step == total_steps or stopping
+            logging_now = step % cfg.log_interval == 0 or step == total_steps
+            if logging_now or checkpoint_now:
+                # reading the loss syncs the GPU, so only here; never checkpoint a diverged model
                 loss_value = loss.item() / world
                 if ddp:
                     reduced = torch.tensor([loss_value], device=device)
                     torch.distributed.all_reduce(reduced)
                     loss_value = reduced.item()
-                if not math.isfinite(loss_value):
-                    raise UserError(f"loss is {loss_value} at step {step} (lr {lr:.2e}): the run "
-                                    f"stopped and its last good checkpoint ({paths.ckpt}) is kept; "
-                                    f"lower --learning_rate or raise --warmup_iters and rerun")
+                finite = math.isfinite(loss_value) and (not checkpoint_now or all(
+                    bool(torch.isfinite(p).all()) for p in raw_model.parameters()))
+                if not finite:
+                    raise UserError(f"training diverged at step {step} (loss {loss_value}, lr "
+                                    f"{lr:.2e}): the run stopped and its last good checkpoint "
+                                    f"({paths.ckpt}) is kept; lower --learning_rate or raise "
+                                    f"--warmup_iters and rerun")
+            if logging_now:
                 now = time.time()
                 tok_per_s = tokens_interval / max(now - t_interval, 1e-9)
                 mfu = flops_per_token * tok_per_s / peak if peak else 0.0
@@ -507,12 +523,7 @@ def main(argv):
                            {k: round(v, 6) for k, v in val.items()}})
                 log(f"step {step:>6}: val loss {val_loss:.4f} ("
                     + ", ".join(f"{k} {v:.3f}" for k, v in val.items()) + ")")
-            stopping = stop["signal"] is not None
-            if ddp:
-                flag = torch.tensor([float(stopping)], device=device)
-                torch.distributed.all_reduce(flag)
-                stopping = flag.item() > 0
-            if step % cfg.ckpt_interval == 0 or step == total_steps or stopping:
+            if checkpoint_now:
                 save_checkpoint()
             if stopping:
                 log(f"stopped by signal at step {step:,}; checkpoint saved; run the same command "

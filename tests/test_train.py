@@ -1,0 +1,316 @@
+"""train.py: exact epochs, equal budgets across K, resume equivalence, DDP coverage, errors, learning."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from common import BLOCK, Dataset, UserError, gather_windows
+from conftest import ROOT, make_synthetic
+
+TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu",
+              "--cpu_threads=1", "--warmup_iters=2", "--log_interval=1", "--eval_interval=5", "--val_windows=8"]
+
+
+def run_train(data_dir, out_dir, *extra):
+    train.main([f"--data_dir={data_dir}", f"--out_dir={out_dir}", *TINY_MODEL, *extra])
+    return str(out_dir)
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def deterministic_fields(log):
+    drop = {"tok_per_s", "mfu", "elapsed"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in log]
+
+
+# ----------------------------------------------------------------------------- mixture and epochs
+
+@pytest.mark.parametrize("weights", [[], [0.5, 0.3, 0.2]])
+def test_every_token_is_a_target_exactly_once_per_epoch(tiny_synthetic, weights):
+    ds = Dataset(tiny_synthetic)
+    cfg = train.SimpleNamespace(components=[], k=3, weights=weights, token_budget=4000)
+    names, quotas, _ = train.resolve_mixture(ds, cfg)
+    assert sum(quotas) == 4000
+    mix = train.Mixture(ds, names, quotas, seed=3)
+    # the buffer holds each component's quota exactly, as whole documents (the last one cut)
+    lengths = mix.doc_end - mix.doc_start
+    for c, quota in enumerate(quotas):
+        assert lengths[mix.doc_comp == c].sum() == quota
+    owner = np.full(len(mix.tokens), -1)
+    for d, (s, e) in enumerate(zip(mix.doc_start, mix.doc_end)):
+        owner[s:e] = d
+        assert mix.tokens[s - 1] == ds.eot                     # context starts at a separator
+    phases_seen = []
+    for epoch in range(3):
+        starts, n_targets, comp = mix.epoch_windows(seed=3, epoch=epoch)
+        hits = np.zeros(len(mix.tokens), dtype=np.int64)
+        for s, n, c in zip(starts, n_targets, comp):
+            assert 1 <= n <= BLOCK
+            targets = np.arange(s + 1, s + 1 + n)
+            hits[targets] += 1
+            docs = set(owner[targets])
+            assert len(docs) == 1, "a window's targets span two documents"
+            d = docs.pop()
+            assert s >= mix.doc_start[d] - 1                     # context stays in the document
+            assert mix.doc_comp[d] == c
+        inside = owner >= 0
+        assert np.all(hits[inside] == 1) and np.all(hits[~inside] == 0)
+        phases_seen.append(tuple(starts[:20]))
+    assert len(set(phases_seen)) == 3, "each epoch should have a fresh phase and order"
+
+
+def test_step_plan_covers_each_epoch_and_ranks_split_it(tiny_synthetic):
+    ds = Dataset(tiny_synthetic)
+    mix = train.Mixture(ds, ["chain0", "chain1"], [2500, 2500], seed=1)
+    for world in (1, 2, 3):
+        plan = train.StepPlan(mix, batch_size=4, world=world)
+        assert plan.steps_per_epoch == int(np.ceil(5000 / (4 * BLOCK)))
+        for epoch in range(2):
+            seen = []
+            for j in range(plan.steps_per_epoch):
+                rows = plan.step(seed=1, step=epoch * plan.steps_per_epoch + j)
+                starts, n_targets, comp, e = rows
+                assert e == epoch and len(starts) == plan.rows
+                shares = [plan.for_rank((starts, n_targets, comp), r) for r in range(world)]
+                # ranks take disjoint rows whose union is the whole step
+                assert sum(len(s[0]) for s in shares) == plan.rows
+                merged = sorted((int(a), int(b)) for s in shares for a, b in zip(s[0], s[1]) if b > 0)
+                assert merged == sorted((int(a), int(b)) for a, b in zip(starts, n_targets) if b > 0)
+                seen += merged
+            expected = mix.epoch_windows(seed=1, epoch=epoch)
+            assert sorted(seen) == sorted(zip(expected[0].tolist(), expected[1].tolist()))
+            assert sum(n for _, n in seen) == 5000
+
+
+def test_equal_budgets_and_steps_across_k(tiny_synthetic, tmp_path):
+    budget, epochs = 3000, 3
+    steps, totals = set(), set()
+    for k in (1, 2, 3):
+        out = run_train(tiny_synthetic, tmp_path / f"k{k}", f"--k={k}",
+                        f"--token_budget={budget}", f"--epochs={epochs}")
+        done, config = read(os.path.join(out, "done")), read(os.path.join(out, "config.json"))
+        quotas = config["mixture"]["tokens"]
+        assert sum(quotas.values()) == budget and len(quotas) == k
+        assert max(quotas.values()) - min(quotas.values()) <= 1          # budget/K each
+        assert done["tokens_per_component"] == {c: q * epochs for c, q in quotas.items()}
+        steps.add(done["steps"])
+        totals.add(done["tokens"])
+        assert config["config"]["components"] == Dataset(tiny_synthetic).default_order[:k]
+    assert len(steps) == 1 and len(totals) == 1 and totals.pop() == budget * epochs
+
+
+def test_host_and_device_window_gather_agree(tiny_synthetic):
+    ds = Dataset(tiny_synthetic)
+    mix = train.Mixture(ds, ["chain0"], [3000], seed=0)
+    starts, n_targets, _ = mix.epoch_windows(seed=0, epoch=0)
+    cpu = torch.device("cpu")
+    host = train.WindowSource(mix.tokens, cpu, on_device=False).batch(starts, n_targets)
+    dev = train.WindowSource(mix.tokens, cpu, on_device=True).batch(starts, n_targets)
+    assert torch.equal(host[0], dev[0]) and torch.equal(host[1], dev[1])
+    x, y = gather_windows(mix.tokens, starts, n_targets)
+    assert np.array_equal(x[:, 1:], np.where(y[:, :-1] >= 0, y[:, :-1], x[:, 1:]))
+    assert ((y >= 0).sum(1) == n_targets).all()
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_after_crash_is_bit_identical(tiny_synthetic, tmp_path, monkeypatch):
+    args = ["--k=2", "--token_budget=3000", "--epochs=2", "--ckpt_interval=4", "--dropout=0.1"]
+    straight = run_train(tiny_synthetic, tmp_path / "straight", *args)
+
+    real_lr = train.learning_rate_at
+    def crash_at_step_10(step, cfg, total):
+        if step == 10:
+            raise KeyboardInterrupt                     # like kill -9 between checkpoints
+        return real_lr(step, cfg, total)
+    monkeypatch.setattr(train, "learning_rate_at", crash_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_synthetic, tmp_path / "resumed", *args)
+    assert torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)["step"] == 8
+    monkeypatch.setattr(train, "learning_rate_at", real_lr)
+    resumed = run_train(tiny_synthetic, tmp_path / "resumed", *args)
+
+    a = torch.load(os.path.join(straight, "ckpt.pt"), weights_only=False)
+    b = torch.load(os.path.join(resumed, "ckpt.pt"), weights_only=False)
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert deterministic_fields(read_log(straight)) == deterministic_fields(read_log(resumed))
+    assert read(os.path.join(straight, "done"))["tokens_per_component"] == \
+        read(os.path.join(resumed, "done"))["tokens_per_component"]
+
+
+def _spawn(data_dir, out_dir, *extra):
+    cmd = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}",
+           *TINY_MODEL, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(out_dir, step, proc, timeout=60):
+    path = os.path.join(out_dir, "log.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(path):
+            with open(path) as f:
+                if any(json.loads(l)["step"] >= step for l in f if l.strip()):
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"run did not reach step {step}: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_resumes_to_the_same_weights(tiny_synthetic, tmp_path, sig):
+    args = ["--k=2", "--token_budget=6000", "--epochs=3", "--ckpt_interval=7"]
+    straight = run_train(tiny_synthetic, tmp_path / "straight", *args)
+    out = str(tmp_path / "killed")
+    proc = _spawn(tiny_synthetic, out, *args)
+    _wait_for_step(out, 12, proc)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143                       # saved a checkpoint, then exited
+        ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
+        assert ckpt["step"] == max(r["step"] for r in read_log(out))
+    assert not os.path.exists(os.path.join(out, "done"))
+    proc = _spawn(tiny_synthetic, out, *args)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "resuming" in stdout
+    a = torch.load(os.path.join(straight, "ckpt.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert deterministic_fields(read_log(straight)) == deterministic_fields(read_log(out))
+
+
+def test_finished_run_does_nothing(tiny_synthetic, tmp_path, capsys):
+    out = run_train(tiny_synthetic, tmp_path / "run", "--token_budget=1000", "--epochs=1")
+    before = os.path.getmtime(os.path.join(out, "ckpt.pt"))
+    capsys.readouterr()
+    run_train(tiny_synthetic, tmp_path / "run", "--token_budget=1000", "--epochs=1")
+    assert "already finished" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(out, "ckpt.pt")) == before
+
+
+def test_run_folder_explains_itself(tiny_synthetic, tmp_path):
+    out = run_train(tiny_synthetic, tmp_path / "run", "--k=2", "--token_budget=2000", "--epochs=2")
+    config = read(os.path.join(out, "config.json"))
+    assert config["config"]["k"] == 2 and config["config"]["seed"] == train.seed
+    assert config["provenance"]["git_commit"] and "torch" in config["provenance"]["versions"]
+    log = read_log(out)
+    kinds = {r["kind"] for r in log}
+    assert kinds == {"train", "val"}
+    last = [r for r in log if r["kind"] == "train"][-1]
+    assert {"loss", "lr", "tok_per_s", "mfu", "tokens"} <= set(last)
+    assert last["step"] == config["schedule"]["steps"]
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
+    args = ["--k=2", "--token_budget=3000", "--epochs=2", "--batch_size=6"]
+    single = run_train(tiny_synthetic, tmp_path / "single", *args)
+    out = str(tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", f"--data_dir={tiny_synthetic}", f"--out_dir={out}", *TINY_MODEL, *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read(os.path.join(out, "done"))["tokens_per_component"] == \
+        read(os.path.join(single, "done"))["tokens_per_component"]
+    assert read(os.path.join(out, "config.json"))["world_size"] == 2
+    a = torch.load(os.path.join(single, "ckpt.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"]
+    for key in a:   # same windows, same loss normalisation: equal up to float reduction order
+        assert torch.allclose(a[key], b[key], atol=2e-4, rtol=1e-3), key
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("args, message", [
+    (["--n_layers=3"], "unknown config key 'n_layers'"),
+    (["--n_layer=two"], "config key 'n_layer' expects int"),
+    (["--components=chain0,nope"], "unknown component 'nope'"),
+    (["--k=9"], "k=9"),
+    (["--token_budget=100000000"], "train tokens; use --token_budget="),
+    (["--weights=[1,2]", "--k=3"], "weights="),
+    (["--block_size=64"], "block_size is fixed"),
+    (["config/does_not_exist.py"], "not found"),
+])
+def test_bad_config_gives_one_clear_message(tiny_synthetic, tmp_path, args, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+        run_train(tiny_synthetic, tmp_path / "bad", *args)
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", f"--data_dir={tmp_path}/synthetic"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "python prepare.py --source=synthetic" in lines[0]
+
+
+def test_changed_config_on_existing_run_is_refused(tiny_synthetic, tmp_path):
+    run_train(tiny_synthetic, tmp_path / "run", "--token_budget=1000", "--epochs=1",
+              "--ckpt_interval=1000", "--eval_interval=1000")
+    os.remove(tmp_path / "run" / "done")
+    with pytest.raises(UserError, match="different config"):
+        run_train(tiny_synthetic, tmp_path / "run", "--token_budget=1000", "--epochs=1",
+                  "--n_embd=32")
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
+        tiny_synthetic, tmp_path, monkeypatch):
+    real_lr = train.learning_rate_at
+    monkeypatch.setattr(train, "learning_rate_at",
+                        lambda step, cfg, total: float("nan") if step >= 5 else real_lr(step, cfg, total))
+    with pytest.raises(UserError, match="diverged at step 6"):
+        run_train(tiny_synthetic, tmp_path / "nan", "--token_budget=2000", "--ckpt_interval=3",
+                  "--log_interval=2")
+    assert not os.path.exists(tmp_path / "nan" / "done")
+    ckpt = torch.load(tmp_path / "nan" / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+# ----------------------------------------------------------------------------- learning
+
+def test_tiny_model_learns_a_chain_to_near_its_entropy_rate(tmp_path):
+    from evaluate import bayes_losses
+    from common import fixed_windows
+    data = make_synthetic(tmp_path / "one", "--n_components=1", "--split_tokens=(60000,3000,30000)",
+                          "--seed=11")
+    out = str(tmp_path / "run")
+    train.main([f"--data_dir={data}", f"--out_dir={out}", "--device=cpu",
+                "--cpu_threads=1", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=8",
+                "--epochs=4", "--learning_rate=1e-2", "--min_lr=1e-3", "--warmup_iters=10",
+                "--eval_interval=1000", "--log_interval=100", "--val_windows=50"])
+    ds = Dataset(data)
+    chains = ds.chains()
+    starts, _ = fixed_windows(ds, "chain0", "test", 250, seed=0)
+    x, y = gather_windows(ds.tokens("chain0", "test"), starts, np.full(len(starts), BLOCK))
+    model = train.GPT(train.GPTConfig(vocab_size=ds.vocab_size, n_layer=1, n_head=2, n_embd=32))
+    model.load_state_dict(torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"])
+    with torch.no_grad():
+        model_xe = float(model.eval()(torch.from_numpy(x), torch.from_numpy(y)).mean())
+    # the chain's own loss on the same held-out windows, and its entropy rate
+    windows = np.concatenate([x, y[:, -1:]], axis=1)
+    oracle_xe = float(bayes_losses(windows, chains["transition"], chains["stationary"], np.ones(1)).mean())
+    entropy_rate = float(chains["entropy_rate"][0])
+    assert abs(oracle_xe - entropy_rate) < 0.05 * entropy_rate
+    assert model_xe < 1.05 * oracle_xe, (model_xe, oracle_xe, entropy_rate)
+    assert model_xe > 0.99 * oracle_xe          # held out: no model beats the true chain
