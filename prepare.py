@@ -86,9 +86,8 @@ def resolve_data_files(spec):
                                 ("test", ["test"])):
             found = []
             for name in names:
-                for ext in ("parquet", "jsonl", "json"):
-                    found += glob.glob(os.path.join(spec, f"{name}*.{ext}"))
-                    found += glob.glob(os.path.join(spec, "**", f"{name}*.{ext}"), recursive=True)
+                for ext in ("parquet", "jsonl", "json"):    # this folder only: a hub snapshot
+                    found += glob.glob(os.path.join(spec, f"{name}*.{ext}"))   # has two configs
             files[hf_split] = sorted(set(found))
     else:
         raise UserError(f"--data_files={spec}: not a folder, nor 'train=...,validation=...,test=...'")
@@ -297,6 +296,11 @@ def main(argv):
     if os.path.exists(os.path.join(final, "meta.json")) and not cfg.force:
         raise UserError(f"{final} already holds a complete dataset; use it as it is, or rebuild "
                         f"it with `python prepare.py --source={cfg.source} --data_dir={final} --force`")
+    if os.path.exists(final) and not os.path.exists(os.path.join(final, "meta.json")) and \
+            not (os.path.isdir(final) and not os.listdir(final)):
+        # replacing it would delete files that are not ours (e.g. --data_dir=data: every dataset)
+        raise UserError(f"{final} exists and is not a prepared dataset (no meta.json); move it "
+                        f"away or choose another --data_dir (e.g. data/{cfg.source})")
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     # everything is written into a temporary folder beside the final one, renamed at the end,

@@ -58,7 +58,7 @@ dropout = 0.0
 bias = False
 block_size = BLOCK          # fixed by the measurement: XE(t) for t = 1..100
 # optimisation
-batch_size = 64             # windows (of 100 targets) per optimizer step
+batch_size = 128            # windows (of 100 targets) per optimizer step
 learning_rate = 1e-3
 min_lr = 1e-4
 warmup_iters = 200
@@ -67,10 +67,10 @@ beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
 # logging, validation, checkpoints
-log_interval = 10           # steps between log lines
-eval_interval = 250         # steps between validation losses (and at the end)
+log_interval = 50           # steps between log lines
+eval_interval = 500         # steps between validation losses (and at the end)
 val_windows = 200           # fixed validation windows per component (val split)
-ckpt_interval = 250         # steps between checkpoints (also on SIGINT/SIGTERM and at the end)
+ckpt_interval = 1000        # steps between checkpoints (also on SIGINT/SIGTERM and at the end)
 peak_flops = 0.0            # device peak for MFU; 0 = look it up from the device name
 wandb_log = False
 wandb_project = "ergodic-k"

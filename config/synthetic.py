@@ -13,3 +13,4 @@ eval_interval = 100
 ckpt_interval = 50
 log_interval = 20
 val_windows = 100
+cpu_threads = 1     # tiny models run fastest on one thread; the sweep trains runs side by side

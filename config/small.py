@@ -1,0 +1,4 @@
+# Model size "small" (the default): 6 layers, 384 wide (10.6M non-embedding + 19.3M embedding).
+n_layer = 6
+n_head = 6
+n_embd = 384
