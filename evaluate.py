@@ -66,14 +66,17 @@ def bayes_losses(windows, transition, stationary, prior):
     token; the predictive is the posterior-weighted mix of the chains' next-token rows.
     Returns (N, T): the loss of predicting x_t from x_0..x_{t-1}, t = 1..T.
     """
-    log_p = np.log(transition)                         # (M, V, V)
-    log_post = np.log(prior)[None, :] + np.log(stationary)[:, windows[:, 0]].T   # (N, M)
+    # in probability space with the posterior renormalised every step: exact and fast (the
+    # uniform floor keeps every transition probability far from underflow)
+    posterior = prior[None, :] * stationary[:, windows[:, 0]].T                # (N, M)
+    posterior /= posterior.sum(1, keepdims=True)
     losses = np.empty((windows.shape[0], windows.shape[1] - 1))
     for t in range(1, windows.shape[1]):
-        log_post -= np.logaddexp.reduce(log_post, axis=1, keepdims=True)       # normalise
-        step = log_p[:, windows[:, t - 1], windows[:, t]].T                     # (N, M)
-        log_post += step
-        losses[:, t - 1] = -np.logaddexp.reduce(log_post, axis=1)
+        step = transition[:, windows[:, t - 1], windows[:, t]].T                 # (N, M)
+        joint = posterior * step
+        predictive = joint.sum(1)
+        losses[:, t - 1] = -np.log(predictive)
+        posterior = joint / predictive[:, None]
     return losses
 
 

@@ -1,0 +1,893 @@
+"""
+Figures, fitted laws and REPORT.md from every evaluated run in out/.
+
+    python plot.py                                     # reads out/, writes results/
+    python plot.py --out=out_synthetic --results=results_synthetic --n_boot=1000
+
+Reads out/<run>/{config.json, log.jsonl, done, eval.json, eval.npz} and the dataset's stats.json;
+writes results/{results.csv, fits.json, REPORT.md, fig_*.png, fig_*.pdf}, all regenerated.
+
+Statistics. Every run of a dataset is scored on the same evaluation windows, so the design is
+crossed: seeds x documents. Intervals come from a bootstrap that resamples seeds and documents
+(windows grouped by document), with one document draw shared by all seeds of a replicate: a
+document's difficulty is common to every seed, and drawing documents afresh for each seed
+would average that shared effect away and make the intervals too narrow by up to sqrt(seeds).
+Comparisons between K values are paired on those windows.
+"""
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from scipy import optimize, sparse, stats
+
+from common import (BLOCK, UserError, atomic_write_bytes, config_defaults, configure, read_json,
+                    run_cli, write_json)
+
+# -----------------------------------------------------------------------------
+# config (module globals are the defaults; override with a config file or --key=value)
+out = "out"                 # runs root: every out/<run>/ with eval.json is a run
+results = "results"         # output folder
+n_boot = 2000               # bootstrap replicates
+boot_seed = 1337            # bootstrap RNG seed (same draws everywhere: common random numbers)
+# -----------------------------------------------------------------------------
+EARLY = slice(0, 10)        # xe_early: positions t = 1..10
+LATE = slice(50, BLOCK)     # xe_late: positions t = 51..100
+POSITIONS = np.arange(1, BLOCK + 1)
+VIEWS = {"first": "first component", "own": "own components (mean)",
+         "top5": "top five (mean)", "unseen": "unseen categories (mean)"}
+
+
+# -----------------------------------------------------------------------------
+# statistics: crossed bootstrap, paired differences, Holm, trend test, fitted laws
+
+def _resample_counts(rng, n, size):
+    """How often each of n units is drawn in each of `size` resamples of n with replacement."""
+    draws = rng.integers(0, n, (size, n)) + n * np.arange(size)[:, None]
+    return np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+def _doc_sums(values, docs):
+    """Sum of each seed's window values within each document: (S, D, P); windows per document (D,)."""
+    values = np.asarray(values, dtype=np.float64)
+    n_seeds, n_windows = values.shape[:2]
+    doc_index = np.unique(np.asarray(docs), return_inverse=True)[1].ravel()
+    grouping = sparse.csr_matrix((np.ones(n_windows), (doc_index, np.arange(n_windows))),
+                                 shape=(doc_index.max() + 1, n_windows))
+    flat = values.reshape(n_seeds, n_windows, -1)
+    sums = np.stack([grouping @ flat[s] for s in range(n_seeds)])
+    return sums, np.asarray(grouping.sum(axis=1)).ravel()
+
+
+def _crossed_bootstrap(sides, docs, n_boot, seed):
+    """sum(sign * seed-mean) over sides that share windows; seeds per side and documents resampled."""
+    rng = np.random.default_rng(seed)
+    summed = [(_doc_sums(values, docs), sign) for values, sign in sides]
+    counts = summed[0][0][1]
+    doc_weights = _resample_counts(rng, len(counts), n_boot)            # (B, D), shared
+    numerator, estimate = 0.0, 0.0
+    for (sums, _), sign in summed:
+        n_seeds = len(sums)
+        seed_weights = _resample_counts(rng, n_seeds, n_boot) / n_seeds  # (B, S)
+        for s in range(n_seeds):
+            numerator = numerator + sign * seed_weights[:, [s]] * (doc_weights @ sums[s])
+        estimate = estimate + sign * sums.mean(axis=0).sum(axis=0) / counts.sum()
+    return estimate, numerator / (doc_weights @ counts)[:, None]
+
+
+def bootstrap_mean(values, docs, n_boot=2000, seed=0):
+    """
+    Mean over seeds and windows of `values` (S seeds, N windows[, P]) and n_boot bootstrap
+    replicates of it: seeds resampled with replacement, and documents (windows grouped by
+    `docs`) resampled with replacement, one draw for all seeds because they share the windows.
+    Returns (estimate: scalar or (P,), replicates: (n_boot,) or (n_boot, P)).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    estimate, reps = _crossed_bootstrap([(values, 1.0)], docs, n_boot, seed)
+    return estimate.reshape(values.shape[2:]), reps.reshape((n_boot,) + values.shape[2:])
+
+
+def bootstrap_paired_difference(a, b, docs, n_boot=2000, seed=0):
+    """
+    Paired a - b on shared windows: per window, the mean over a's seeds minus the mean over
+    b's seeds, averaged over windows. Replicates resample the seeds of each side and the
+    documents (one draw for both sides, which is what pairing means).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    estimate, reps = _crossed_bootstrap([(a, 1.0), (b, -1.0)], docs, n_boot, seed)
+    return estimate.reshape(a.shape[2:]), reps.reshape((n_boot,) + a.shape[2:])
+
+
+def interval(estimate, reps, level=0.95):
+    """Percentile interval: {"value", "ci"} (arrays become lists)."""
+    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return {"value": np.asarray(estimate).tolist(), "ci": [lo.tolist(), hi.tolist()]}
+
+
+def bootstrap_p_value(reps):
+    """Two-sided p-value for 'the mean difference is zero' from the replicates' sign balance."""
+    n = len(reps)
+    below, above = (1 + np.sum(reps <= 0, axis=0)) / (n + 1), (1 + np.sum(reps >= 0, axis=0)) / (n + 1)
+    return np.minimum(1.0, 2 * np.minimum(below, above))
+
+
+def holm(p_values):
+    """Holm step-down adjusted p-values (family-wise error control), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    stepped = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted
+
+
+def trend_test(k, y):
+    """Linear regression of run-level XE on K (slope, 95% CI, p) and Spearman's rank correlation."""
+    k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
+    if len(np.unique(k)) < 2 or len(y) < 3:
+        return None
+    fit = stats.linregress(k, y)
+    half = stats.t.ppf(0.975, len(y) - 2) * fit.stderr
+    rho, p_rank = stats.spearmanr(k, y)
+    return {"slope": fit.slope, "slope_ci": [fit.slope - half, fit.slope + half],
+            "p_value": fit.pvalue, "spearman_rho": rho, "spearman_p": p_rank, "n_runs": len(y)}
+
+
+def linear(x, a, b):
+    return a + b * x
+
+
+def power_law(k, a, c, beta):
+    """
+    E + B K^beta written as a + c (K^beta - 1) / beta, with a = E + B (the value at K = 1) and
+    c = B beta (the slope in ln K at K = 1). Same curves, but this form stays finite as beta -> 0,
+    where it becomes a + c ln K; in the E, B form a nearly logarithmic trend sends E and B off to
+    -inf and +inf with meaningless intervals.
+    """
+    log_k = np.log(k)
+    return a + c * (log_k if abs(beta) < 1e-9 else np.expm1(beta * log_k) / beta)
+
+
+def position_law(t, a, b, c):
+    return a + b * np.power(t, -c)
+
+
+def fit_law(f, x, y, p0, sigma=None, bounds=(-np.inf, np.inf)):
+    """curve_fit with t-distribution 95% intervals from the covariance; never raises."""
+    names = f.__code__.co_varnames[1:f.__code__.co_argcount]
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dof = len(y) - len(p0)
+    try:
+        with warnings.catch_warnings():        # no covariance when dof = 0: we report no interval then
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            params, cov = optimize.curve_fit(f, x, y, p0=p0, sigma=sigma, bounds=bounds, maxfev=20000)
+    except (RuntimeError, ValueError, TypeError) as e:
+        return {"law": f.__name__, "error": str(e), "n_points": len(y)}
+    se = np.sqrt(np.clip(np.diag(cov), 0, None)) if dof > 0 else np.full(len(params), np.nan)
+    half = stats.t.ppf(0.975, dof) * se if dof > 0 else se
+    rmse = float(np.sqrt(np.mean((y - f(x, *params)) ** 2)))
+    return {"law": f.__name__, "n_points": len(y), "dof": dof, "rmse": rmse, "cov": cov if dof > 0 else None,
+            "params": {n: {"value": v, "se": s, "ci95": [v - h, v + h]}
+                       for n, v, s, h in zip(names, params, se, half)}}
+
+
+def fit_linear_in_log_k(k, y):
+    """XE = a + b ln K."""
+    return fit_law(linear, np.log(k), y, p0=[float(np.mean(y)), 0.0])
+
+
+def fit_power_law(k, y):
+    """
+    XE(K) = E + B K^beta, fitted as power_law(K, a, c, beta) from a few starting exponents; E and
+    B are reported too, with delta-method intervals (wide when beta is near 0, as they should be).
+    """
+    k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
+    best = None
+    for beta in (0.25, 0.5, 1.0, 2.0):
+        design = np.stack([np.ones_like(k), np.expm1(beta * np.log(k)) / beta], axis=1)
+        (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+        fit = fit_law(power_law, k, y, p0=[a, c, beta], bounds=([-np.inf, -np.inf, -4], [np.inf, np.inf, 4]))
+        if "error" not in fit and (best is None or fit["rmse"] < best["rmse"] - 1e-12):
+            best = fit
+    if best is None or best["cov"] is None:
+        return best or fit
+    a, c, beta = (best["params"][n]["value"] for n in ("a", "c", "beta"))
+    if abs(beta) > 1e-9:
+        t_quantile = stats.t.ppf(0.975, best["dof"])
+        for name, value, gradient in (("E", a - c / beta, [1, -1 / beta, c / beta ** 2]),
+                                      ("B", c / beta, [0, 1 / beta, -c / beta ** 2])):
+            se = float(np.sqrt(max(np.dot(gradient, best["cov"] @ gradient), 0.0)))
+            best["params"][name] = {"value": value, "se": se, "ci95": [value - t_quantile * se, value + t_quantile * se],
+                                    "derived": True}
+    return best
+
+
+def fit_position_curve(xe_t, se_t=None):
+    """XE(t) = a + b t^-c over t = 1..len(xe_t), weighted by the per-position standard errors."""
+    xe_t = np.asarray(xe_t, dtype=float)
+    t = np.arange(1, len(xe_t) + 1)
+    sigma = None if se_t is None or not np.all(np.asarray(se_t) > 0) else se_t
+    return fit_law(position_law, t, xe_t, p0=[xe_t[-1], max(xe_t[0] - xe_t[-1], 1e-3), 0.5],
+                   sigma=sigma, bounds=([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 5.0]))
+
+
+# -----------------------------------------------------------------------------
+# loading runs
+
+def read_log(path):
+    """log.jsonl entries; a half-written last line (run still going) is skipped."""
+    entries = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return entries
+
+
+def load_runs(out_dir):
+    """Evaluated runs (sorted by K, seed, name) and {name: why} for folders that are not."""
+    if not os.path.isdir(out_dir):
+        return [], {}
+    runs, skipped = [], {}
+    for name in sorted(os.listdir(out_dir)):
+        folder = os.path.join(out_dir, name)
+        if not os.path.isdir(folder) or name.startswith("."):
+            continue
+        if not os.path.exists(os.path.join(folder, "eval.json")):
+            skipped[name] = "not evaluated (no eval.json)"
+            continue
+        if not os.path.exists(os.path.join(folder, "eval.npz")):
+            skipped[name] = "not evaluated (eval.json without eval.npz)"
+            continue
+        try:
+            ev = read_json(os.path.join(folder, "eval.json"))
+            with np.load(os.path.join(folder, "eval.npz")) as z:
+                arrays = {key: z[key] for key in z.files}
+        except (OSError, ValueError) as e:          # e.g. copied while evaluate.py was writing
+            skipped[name] = f"unreadable evaluation files ({type(e).__name__}: {e}); re-run evaluate.py"
+            continue
+        config_path, done_path = os.path.join(folder, "config.json"), os.path.join(folder, "done")
+        runs.append({"name": name, "dir": folder, "eval": ev, "arrays": arrays,
+                     "config": read_json(config_path) if os.path.exists(config_path) else {},
+                     "done": read_json(done_path) if os.path.exists(done_path) else None,
+                     "log": read_log(os.path.join(folder, "log.jsonl")),
+                     "k": int(ev["k"]), "seed": ev["seed"], "components": list(ev["components"]),
+                     "key": (ev["dataset"], ev["model_size"], int(ev["token_budget"]))})
+    runs.sort(key=lambda r: (r["k"], str(r["seed"]), r["name"]))
+    return runs, skipped
+
+
+def dataset_file(run, filename, out_dir):
+    """<config.data_dir>/filename, trying the path as given and relative to out/'s parent."""
+    data_dir = run["config"].get("config", {}).get("data_dir") or run["config"].get("dataset", {}).get("dir")
+    if not data_dir:
+        return None
+    for base in ("", os.path.dirname(os.path.abspath(out_dir))):
+        path = os.path.join(base, data_dir, filename)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def stack_view(cell, categories, kind="model"):
+    """(S, N, T) losses of a cell's seeds on the view's pooled windows, and a document id per window."""
+    if not categories or any(f"{kind}:{c}" not in r["arrays"] for r in cell for c in categories):
+        return None, None
+    try:
+        values = np.stack([np.concatenate([r["arrays"][f"{kind}:{c}"] for c in categories]) for r in cell])
+    except ValueError:
+        raise UserError(f"runs {', '.join(r['name'] for r in cell)} were scored on different evaluation "
+                        f"windows; re-run `python evaluate.py` on them so they share the fixed set")
+    docs = [cell[0]["arrays"][f"doc:{c}"].astype(np.int64) for c in categories]
+    span = max(int(d.max()) for d in docs) + 1            # documents of different categories differ
+    return values, np.concatenate([i * span + d for i, d in enumerate(docs)])
+
+
+def view_categories(view, cell, first, top5):
+    evaluated = [c for c in cell[0]["eval"]["categories"] if all(c in r["eval"]["categories"] for r in cell)]
+    mixed = {c for r in cell for c in r["components"]}
+    chosen = {"first": [first] if first else [],
+              "own": [c for c in cell[0]["components"] if all(c in r["components"] for r in cell)],
+              "top5": list(top5),
+              "unseen": [c for c in evaluated if c not in mixed]}[view]
+    return [c for c in chosen if c in evaluated]
+
+
+# -----------------------------------------------------------------------------
+# analysis of one group of runs (same dataset, model size, token budget)
+
+def window_stats(values):
+    """Per-window (mean over t, early mean, late mean): (S, N, 3)."""
+    return np.stack([values.mean(-1), values[..., EARLY].mean(-1), values[..., LATE].mean(-1)], -1)
+
+
+def area_parts(values):
+    """Per-window area sum_t XE(t), and the area above the window's late-position level."""
+    area = values.sum(-1)
+    return np.stack([area, area - BLOCK * values[..., LATE].mean(-1)], -1)
+
+
+def summarise_cell(cell, categories, cfg):
+    values, docs = stack_view(cell, categories)
+    if values is None:
+        return None
+    stats_ = window_stats(values)
+    est, reps = bootstrap_mean(stats_, docs, cfg.n_boot, cfg.boot_seed)
+    summary = {"n_seeds": len(cell), "seeds": [r["seed"] for r in cell], "runs": [r["name"] for r in cell],
+               "categories": categories, "n_windows": values.shape[1], "n_docs": len(np.unique(docs)),
+               "run_xe_mean": stats_[..., 0].mean(1).tolist(), "run_xe_late": stats_[..., 2].mean(1).tolist()}
+    for i, metric in enumerate(("xe_mean", "xe_early", "xe_late")):
+        summary[metric] = interval(est[i], reps[:, i])
+    for kind in ("bayes", "oracle"):
+        ref, _ = stack_view(cell, categories, kind)
+        if ref is not None:
+            est, reps = bootstrap_mean(window_stats(ref), docs, cfg.n_boot, cfg.boot_seed)
+            summary[f"{kind}_mean"], summary[f"{kind}_late"] = interval(est[0], reps[:, 0]), interval(est[2], reps[:, 2])
+    return summary
+
+
+def analyse_group(runs, first, top5, cfg):
+    by_k = {}
+    for r in runs:
+        by_k.setdefault(r["k"], []).append(r)
+    ks = sorted(by_k)
+    result = {"ks": ks, "first": first, "views": {}, "trend": {}, "lnK_fits": {}}
+    for view in VIEWS:
+        cells = {k: summarise_cell(by_k[k], view_categories(view, by_k[k], first, top5), cfg) for k in ks}
+        cells = {k: s for k, s in cells.items() if s is not None}
+        if not cells:
+            continue
+        result["views"][view] = cells
+        k_runs = [k for k, s in cells.items() for _ in s["run_xe_mean"]]
+        xe_runs = [x for s in cells.values() for x in s["run_xe_mean"]]
+        result["trend"][view] = trend_test(k_runs, xe_runs)
+        if len(cells) >= 2:
+            result["lnK_fits"][view] = fit_linear_in_log_k(k_runs, xe_runs)
+    if first is None:
+        return result
+    # the first component is in every mixture, so its windows pair every K with the reference K:
+    # per-position curves, paired contrasts, excess areas and the fitted laws all use it
+    ref, docs = ks[0], stack_view(by_k[ks[0]], [first])[1]
+    losses = {kind: {k: stack_view(by_k[k], [first], kind)[0] for k in ks} for kind in ("model", "bayes", "oracle")}
+    model = losses["model"]
+    result["curves"], result["excess_t"], result["areas"], result["position_fits"] = {}, {}, {}, {}
+    for k in ks:
+        est, reps = bootstrap_mean(model[k], docs, cfg.n_boot, cfg.boot_seed)
+        result["curves"][k] = {"xe_t": interval(est, reps), **{f"{kind}_t": losses[kind][k].mean(axis=(0, 1)).tolist()
+                               for kind in ("bayes", "oracle") if losses[kind][k] is not None}}
+        result["position_fits"][k] = fit_position_curve(est, reps.std(axis=0))
+    contrasts = []
+    for k in ks[1:]:
+        est, reps = bootstrap_paired_difference(model[k], model[ref], docs, cfg.n_boot, cfg.boot_seed)
+        result["excess_t"][k] = interval(est, reps)
+        est, reps = bootstrap_paired_difference(area_parts(model[k]), area_parts(model[ref]),
+                                                docs, cfg.n_boot, cfg.boot_seed)
+        area = {"model": interval(est[0], reps[:, 0]), "identification": interval(est[1], reps[:, 1]),
+                "bound": math.log(k / ref)}
+        bayes = losses["bayes"]
+        if bayes[k] is not None and bayes[ref] is not None:
+            est, reps = bootstrap_paired_difference(area_parts(bayes[k]), area_parts(bayes[ref]), docs,
+                                                    cfg.n_boot, cfg.boot_seed)
+            area["bayes"] = interval(est[0], reps[:, 0])
+        result["areas"][k] = area
+        est, reps = bootstrap_paired_difference(window_stats(model[k]), window_stats(model[ref]),
+                                                docs, cfg.n_boot, cfg.boot_seed)
+        p = bootstrap_p_value(reps)
+        for i, metric in enumerate(("xe_mean", "xe_early", "xe_late")):
+            contrasts.append({"k": k, "reference_k": ref, "metric": metric, "difference": interval(est[i], reps[:, i]),
+                              "p_value": float(p[i]), "n_seeds": len(by_k[k]), "n_seeds_reference": len(by_k[ref]),
+                              "n_windows": len(docs), "n_docs": len(np.unique(docs))})
+    for metric in ("xe_mean", "xe_early", "xe_late"):        # Holm across the K contrasts of one metric
+        family = [c for c in contrasts if c["metric"] == metric]
+        for c, p_adj in zip(family, holm([c["p_value"] for c in family]) if family else []):
+            c["p_holm"] = float(p_adj)
+    result["contrasts"] = contrasts
+    first_view = result["views"].get("first", {})
+    if len(first_view) >= 3:
+        k_runs = [k for k, s in first_view.items() for _ in s["run_xe_late"]]
+        result["power_law"] = fit_power_law(k_runs, [x for s in first_view.values() for x in s["run_xe_late"]])
+    return result
+
+
+def size_summary(runs, main_key, first, cfg):
+    """First-component XE per (model size, K) over runs of the main group's dataset and budget."""
+    dataset, _, budget = main_key
+    cells = {}
+    for r in runs:
+        if r["key"][0] == dataset and r["key"][2] == budget and first in r["components"]:
+            cells.setdefault((r["key"][1], r["eval"]["n_params"], r["k"]), []).append(r)
+    if len({size for size, _, _ in cells}) < 2:
+        return None
+    rows = []
+    for (size, n_params, k), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        values, docs = stack_view(cell, [first])
+        est, reps = bootstrap_mean(values.mean(-1), docs, cfg.n_boot, cfg.boot_seed)
+        rows.append({"size": size, "n_params": n_params, "k": k, "n_seeds": len(cell),
+                     "n_windows": values.shape[1], "xe_mean": interval(est, reps)})
+    return rows
+
+
+def budget_check(runs):
+    """Per token budget: did every run train on the tokens it planned, the same for all, in equal steps?"""
+    checks = []
+    for budget in sorted({r["key"][2] for r in runs}):
+        group = [r for r in runs if r["key"][2] == budget]
+        problems, trained, steps = [], {}, {}
+        for r in group:
+            config = r["config"]
+            epochs = config.get("schedule", {}).get("epochs") or config.get("config", {}).get("epochs") or 0
+            planned = sum(config.get("mixture", {}).get("tokens", {}).values()) * epochs or None
+            if r["done"] is None:
+                problems.append(f"{r['name']}: no `done` marker (training did not finish)")
+                tokens = r["eval"].get("tokens_trained")
+            else:
+                tokens = r["done"]["tokens"]
+                steps.setdefault(r["key"][1], {})[r["name"]] = r["done"]["steps"]   # per model size
+            trained[r["name"]] = tokens
+            if planned is not None and tokens is not None and tokens != planned:
+                problems.append(f"{r['name']}: trained on {tokens:,} tokens but its mixture x epochs is {planned:,}")
+        if len(set(trained.values())) > 1:
+            problems.append("runs trained on different token counts: " +
+                            ", ".join(f"{n}={t:,}" if t is not None else f"{n}=?" for n, t in trained.items()))
+        for size, per_run in steps.items():
+            if len(set(per_run.values())) > 1:
+                problems.append(f"{size} runs took different numbers of steps: " +
+                                ", ".join(f"{n}={s:,}" for n, s in per_run.items()))
+        checks.append({"token_budget": budget, "n_runs": len(group), "ok": not problems, "problems": problems,
+                       "tokens": None if problems else next(iter(trained.values()))})
+    return checks
+
+
+# -----------------------------------------------------------------------------
+# output: CSV, JSON, figures
+
+def clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuple keys to strings."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def results_rows(runs):
+    rows = []
+    for r in runs:
+        ev = r["eval"]
+        for cat, c in ev["categories"].items():
+            row = {"run": r["name"], "dataset": ev["dataset"], "source": ev["source"], "K": r["k"],
+                   "components": "+".join(r["components"]), "seed": r["seed"], "model_size": ev["model_size"],
+                   "n_params": ev["n_params"], "token_budget": ev["token_budget"], "category": cat,
+                   "in_mixture": c["in_mixture"], "n_windows": c["n_windows"]}
+            for prefix, block in (("", c), ("bayes_", c.get("bayes")), ("oracle_", c.get("oracle"))):
+                if block:
+                    xe_t = np.asarray(block["xe_t"], dtype=float)
+                    row.update({f"{prefix}xe_mean": block["xe_mean"], f"{prefix}xe_mean_bits": block["xe_mean_bits"],
+                                f"{prefix}xe_early": xe_t[EARLY].mean(), f"{prefix}xe_late": xe_t[LATE].mean()})
+            rows.append(row)
+    return rows
+
+
+def write_csv(path, rows):
+    fields = list(dict.fromkeys(f for row in rows for f in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def save_figure(fig, results_dir, name):
+    for ext in ("png", "pdf"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, dpi=150, bbox_inches="tight")
+        atomic_write_bytes(os.path.join(results_dir, f"{name}.{ext}"), buffer.getvalue())
+    plt.close(fig)
+    return f"{name}.png"
+
+
+def k_colours(ks):
+    return {k: plt.cm.viridis(x) for k, x in zip(ks, np.linspace(0, 0.85, max(len(ks), 1)))}
+
+
+def legend(ax):
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def errorbar(ax, x, cells, metric, **kwargs):
+    value = np.array([cells[k][metric]["value"] for k in x])
+    lo, hi = (np.array([cells[k][metric]["ci"][i] for k in x]) for i in (0, 1))
+    ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, **kwargs)
+
+
+def figure_xe_vs_k(analysis, results_dir):
+    views = analysis["views"]
+    fig, axes = plt.subplots(1, len(views), figsize=(4 * len(views), 3.4), squeeze=False)
+    for ax, (view, cells) in zip(axes[0], views.items()):
+        ks = sorted(cells)
+        errorbar(ax, ks, cells, "xe_mean", fmt="o-", color="C0", label="model (95% CI)")
+        for k in ks:
+            ax.plot([k] * len(cells[k]["run_xe_mean"]), cells[k]["run_xe_mean"], ".", color="C0", alpha=0.4)
+        for kind, style, colour in (("bayes", "s--", "grey"), ("oracle", ":", "black")):
+            if all(f"{kind}_mean" in cells[k] for k in ks):
+                ax.plot(ks, [cells[k][f"{kind}_mean"]["value"] for k in ks], style, color=colour, label=kind)
+        title = VIEWS[view] + (f" ({analysis['first']})" if view == "first" else "")
+        ax.set(title=title, xlabel="K (components in training mix)", xticks=ks)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("XE, mean over t=1..100 (nats)")
+    legend(axes[0][0])
+    return save_figure(fig, results_dir, "fig_xe_vs_k")
+
+
+def figure_positions(analysis, results_dir):
+    ks, colours, curves = analysis["ks"], k_colours(analysis["ks"]), analysis["curves"]
+    fig, (ax, ax_excess) = plt.subplots(1, 2, figsize=(11, 4))
+    for k in ks:
+        xe = curves[k]["xe_t"]
+        ax.plot(POSITIONS, xe["value"], color=colours[k], label=f"K={k}")
+        ax.fill_between(POSITIONS, *xe["ci"], color=colours[k], alpha=0.2)
+        if "bayes_t" in curves[k]:
+            ax.plot(POSITIONS, curves[k]["bayes_t"], "--", color=colours[k], lw=1)
+        if k in analysis["excess_t"]:
+            excess = analysis["excess_t"][k]
+            ax_excess.plot(POSITIONS, excess["value"], color=colours[k], label=f"K={k} - K={ks[0]}")
+            ax_excess.fill_between(POSITIONS, *excess["ci"], color=colours[k], alpha=0.2)
+            if "bayes_t" in curves[k]:
+                ax_excess.plot(POSITIONS, np.subtract(curves[k]["bayes_t"], curves[ks[0]]["bayes_t"]),
+                               "--", color=colours[k], lw=1)
+    if "oracle_t" in curves[ks[0]]:
+        ax.plot(POSITIONS, curves[ks[0]]["oracle_t"], "k:", label="oracle")
+    ax.set(xscale="log", xlabel="position t (tokens of context)", ylabel="XE(t) (nats)",
+           title=f"{analysis['first']}: model (solid), Bayes-optimal (dashed)")
+    ax_excess.axhline(0, color="grey", lw=0.8)
+    ax_excess.set(xscale="log", xlabel="position t", ylabel=f"XE_K(t) - XE_{ks[0]}(t) (nats)",
+                  title="paired excess over the reference K (95% CI)")
+    for a in (ax, ax_excess):
+        a.grid(alpha=0.3, which="both")
+        legend(a)
+    return save_figure(fig, results_dir, "fig_xe_position")
+
+
+def figure_excess_area(analysis, results_dir):
+    ks, areas = analysis["ks"], analysis["areas"]
+    x = np.log(ks[1:])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, style, label in (("model", "o", "model A_K"), ("identification", "^", "model, above late level"),
+                              ("bayes", "s", "Bayes-optimal A_K")):
+        if all(key in areas[k] for k in ks[1:]):
+            errorbar(ax, x, {lk: areas[k] for lk, k in zip(x, ks[1:])}, key, fmt=style, label=label)
+    grid = np.linspace(0, max(x.max(), 0.1), 50)
+    ax.plot(grid, grid, "k--", label="ln K bound (identification)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel=f"ln K  (relative to K={ks[0]})", ylabel="excess area sum_t [XE_K(t) - XE_1(t)] (nats)",
+           title=f"{analysis['first']}: excess area over K={ks[0]}")
+    ax.grid(alpha=0.3)
+    legend(ax)
+    return save_figure(fig, results_dir, "fig_excess_area")
+
+
+def figure_late_power_law(analysis, results_dir):
+    cells, fit, ks = analysis["views"]["first"], analysis.get("power_law"), analysis["ks"]
+    fig, (ax, ax_excess) = plt.subplots(1, 2, figsize=(10, 3.8))
+    errorbar(ax, ks, cells, "xe_late", fmt="o", color="C0", label="model (95% CI)")
+    for k in ks:
+        ax.plot([k] * len(cells[k]["run_xe_late"]), cells[k]["run_xe_late"], ".", color="C0", alpha=0.4)
+    if all("bayes_late" in cells[k] for k in ks):
+        ax.plot(ks, [cells[k]["bayes_late"]["value"] for k in ks], "s--", color="grey", label="Bayes-optimal")
+    grid = np.linspace(min(ks), max(ks), 100)
+    if fit and "params" in fit:
+        a, c, beta = (fit["params"][n]["value"] for n in ("a", "c", "beta"))
+        ax.plot(grid, power_law(grid, a, c, beta), "C1-", label=f"E + B K^beta, beta = {beta:.2f}")
+        ax_excess.plot(grid, power_law(grid, 0, c, beta) - power_law(ks[0], 0, c, beta), "C1-", label="fit")
+    late_excess = {c["k"]: {"difference": c["difference"]} for c in analysis["contrasts"] if c["metric"] == "xe_late"}
+    errorbar(ax_excess, ks[1:], late_excess, "difference", fmt="o", color="C0", label="paired excess (95% CI)")
+    ax.set(xlabel="K", ylabel="XE, mean over t=51..100 (nats)", xticks=ks, title=f"{analysis['first']}: late positions")
+    ax_excess.axhline(0, color="grey", lw=0.8)
+    ax_excess.set(xlabel="K", ylabel=f"late XE_K - late XE_{ks[0]} (nats)", xticks=ks, title="data-scarcity excess")
+    for a in (ax, ax_excess):
+        a.grid(alpha=0.3)
+        legend(a)
+    return save_figure(fig, results_dir, "fig_late_power_law")
+
+
+def figure_model_size(rows, results_dir):
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ks = sorted({r["k"] for r in rows})
+    colours = k_colours(ks)
+    for k in ks:
+        sub = [r for r in rows if r["k"] == k]
+        cells = {r["n_params"]: r for r in sub}
+        errorbar(ax, sorted(cells), cells, "xe_mean", fmt="o-", color=colours[k], label=f"K={k}")
+    ax.set(xscale="log", xlabel="parameters", ylabel="XE, mean over t (nats)", title="first component vs model size")
+    ax.grid(alpha=0.3, which="both")
+    legend(ax)
+    return save_figure(fig, results_dir, "fig_model_size")
+
+
+def figure_dataset(dataset_stats, results_dir):
+    rows = dataset_stats["rows"]
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    tokens = {(r["category"], r["split"]): r["tokens"] for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(categories) + 2), 4))
+    width = 0.8 / len(splits)
+    for i, split in enumerate(splits):
+        ax.bar(np.arange(len(categories)) + i * width, [max(tokens.get((c, split), 0), 1) for c in categories],
+               width, label=split)
+    ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2)
+    order = dataset_stats.get("default_order", [])
+    ax.set_xticklabels([f"{c}\n(#{order.index(c) + 1})" if c in order else c for c in categories], fontsize=8)
+    ax.set(yscale="log", ylabel="tokens", title="dataset composition (#n: position in default order)")
+    legend(ax)
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, results_dir, "fig_dataset")
+
+
+def figure_training(runs, results_dir):
+    ks = sorted({r["k"] for r in runs})
+    colours = k_colours(ks)
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        train = [e for e in r["log"] if e.get("kind") == "train"]
+        val = [e for e in r["log"] if e.get("kind") == "val"]
+        label = f"K={r['k']}" if r is next(x for x in runs if x["k"] == r["k"]) else None
+        ax_train.plot([e["tokens"] for e in train], [e["loss"] for e in train], color=colours[r["k"]],
+                      lw=0.8, alpha=0.7, label=label)
+        ax_val.plot([e["tokens"] for e in val], [e["val_loss"] for e in val], "o-", ms=3,
+                    color=colours[r["k"]], alpha=0.7, label=label)
+    ax_train.set(xlabel="training tokens", ylabel="train loss (nats)", title="training loss (one line per run)")
+    ax_val.set(xlabel="training tokens", ylabel="validation loss (nats)", title="validation loss (mixture val split)")
+    for a in (ax_train, ax_val):
+        a.grid(alpha=0.3)
+        legend(a)
+    return save_figure(fig, results_dir, "fig_training")
+
+
+# -----------------------------------------------------------------------------
+# REPORT.md: an introduction, the budget check, then one section per figure with its numbers
+
+def number(v, digits=3):
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def fmt(ci, digits=3):
+    """'value [lo, hi]' for an interval dict."""
+    if ci is None:
+        return "n/a"
+    return f"{number(ci['value'], digits)} [{number(ci['ci'][0], digits)}, {number(ci['ci'][1], digits)}]"
+
+
+def fmt_fit(fit):
+    if not fit:
+        return "not fitted"
+    if "params" not in fit:
+        return f"fit failed ({fit.get('error', '?')})"
+    return ", ".join(f"{n} = {fmt({'value': p['value'], 'ci': p['ci95']})}" for n, p in fit["params"].items()) + \
+        f" ({fit['n_points']} points, rmse {fit['rmse']:.3g})"
+
+
+def fmt_p(p):
+    return "n/a" if p is None or not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+
+
+def xe_vs_k_tables(ctx):
+    """Per view: XE per K with intervals, the trend test and the ln K fit; then the paired contrasts."""
+    a, synthetic, lines = ctx["analysis"], ctx["synthetic"], []
+    extra = " Bayes mean | oracle mean |" if synthetic else ""
+    for view, cells in a["views"].items():
+        lines += [f"**{VIEWS[view]}**" + (f" `{a['first']}`" if view == "first" else ""), "",
+                  "| K | seeds | windows (docs) | categories | XE mean | XE t=1..10 | XE t=51..100 |" + extra,
+                  "|---" * (7 + 2 * synthetic) + "|"]
+        for k, s in cells.items():
+            lines.append(f"| {k} | {s['n_seeds']} | {s['n_windows']} ({s['n_docs']}) | {', '.join(s['categories'])} "
+                         f"| {fmt(s['xe_mean'])} | {fmt(s['xe_early'])} | {fmt(s['xe_late'])} |" +
+                         (f" {fmt(s.get('bayes_mean'))} | {fmt(s.get('oracle_mean'))} |" if synthetic else ""))
+        trend = a["trend"].get(view)
+        if trend:
+            lines += ["", f"Trend (regression of run-level XE on K, {trend['n_runs']} runs): slope "
+                      f"{fmt({'value': trend['slope'], 'ci': trend['slope_ci']}, 4)} nats per component, "
+                      f"p = {fmt_p(trend['p_value'])}; Spearman rho = {number(trend['spearman_rho'], 2)}, "
+                      f"p = {fmt_p(trend['spearman_p'])}. Fit XE = a + b ln K: {fmt_fit(a['lnK_fits'].get(view))}."]
+        else:
+            lines += ["", "No trend test or ln K fit: they need at least 3 runs over at least 2 values of K."]
+        lines.append("")
+    if a.get("contrasts"):
+        c0 = a["contrasts"][0]
+        lines += [f"**Paired contrasts against K={c0['reference_k']}** on `{a['first']}` ({c0['n_windows']} shared "
+                  f"windows from {c0['n_docs']} documents; two-sided bootstrap p, which cannot go below "
+                  f"{2 / (ctx['cfg'].n_boot + 1):.2g} with {ctx['cfg'].n_boot} replicates; Holm-adjusted across "
+                  f"the K contrasts of each metric):", "",
+                  "| K | metric | difference (nats) | p | p (Holm) | seeds (K / ref) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['k']} | {c['metric']} | {fmt(c['difference'], 4)} | {fmt_p(c['p_value'])} | "
+                  f"{fmt_p(c['p_holm'])} | {c['n_seeds']} / {c['n_seeds_reference']} |" for c in a["contrasts"]]
+    return lines
+
+
+def figure_sections(ctx):
+    """Draw every figure the data supports; markdown sections (figure, caption, numbers) and skip notes."""
+    a, results_dir, synthetic = ctx["analysis"], ctx["cfg"].results, ctx["synthetic"]
+    ks, first, sections, images, notes = a["ks"], a["first"], [], [], []
+
+    def section(title, image, caption, body=()):
+        images.append(image)
+        sections.append("\n".join([f"## {title}", "", f"![{title}]({image})", "", f"*{caption}*", "", *body, ""]))
+
+    section("XE against K", figure_xe_vs_k(a, results_dir),
+            "Figure 1. Mean XE over positions t = 1..100 against K, per evaluation view; dots are single seeds, "
+            "error bars 95% bootstrap intervals" + (", dashed the Bayes-optimal predictor of each run's training "
+            "mixture, dotted the oracle that knows the component" if synthetic else "") + ".", xe_vs_k_tables(ctx))
+    if first is not None:
+        fits = [f"- K={k}: {fmt_fit(f)}" for k, f in a["position_fits"].items()]
+        section("XE against position", figure_positions(a, results_dir),
+                f"Figure 2. XE(t) on `{first}` per K (log position axis; bands: 95% CI over seeds and documents)" +
+                ("; dashed: Bayes-optimal predictor of each K's mixture; dotted: oracle" if synthetic else "") +
+                f". Right: paired excess XE_K(t) - XE_{ks[0]}(t).",
+                ["Fits XE(t) = a + b t^-c to the mean curve, weighted by the per-position bootstrap standard "
+                 "error (the positions share windows, so these intervals are optimistic):", ""] + fits)
+    if first is not None and len(ks) > 1:
+        rows = [f"| {k} | {x['bound']:.3f} | {fmt(x['model'])} | {fmt(x['identification'])} |" +
+                (f" {fmt(x.get('bayes'))} |" if synthetic else "") for k, x in a["areas"].items()]
+        section("Excess area against ln K", figure_excess_area(a, results_dir),
+                f"Figure 3. A_K = sum over t = 1..100 of the paired excess XE_K(t) - XE_{ks[0]}(t) on `{first}` against "
+                f"ln K; dashed: the identification bound y = ln K. Triangles: A_K minus 100 x the late-position "
+                f"excess, the part of the area that sits at early positions (identification).",
+                ["| K | ln K | A_K model | model above late level |" + (" A_K Bayes |" if synthetic else ""),
+                 "|---" * (4 + synthetic) + "|"] + rows)
+        fit = a.get("power_law")
+        section("Late-position XE against K", figure_late_power_law(a, results_dir),
+                f"Figure 4. Mean XE over t = 51..100 on `{first}` against K with the fitted XE_late(K) = E + B K^beta, "
+                f"fitted to run-level points as a + c (K^beta - 1) / beta (a = E + B is XE_late at K = 1, c = B beta; "
+                f"E and B follow, with delta-method intervals); intervals from the fit covariance. Right: the paired "
+                f"late excess over K={ks[0]}, which the fit predicts as c (K^beta - 1) / beta.",
+                [f"Power law: {fmt_fit(fit)}." if fit else "Power law not fitted: it needs at least 3 values of K."])
+    else:
+        notes.append("Figures 2-4 (positions, excess area, late-position law): they need a component in every "
+                     "mixture and, for 3 and 4, at least two values of K.")
+    if ctx["sizes"]:
+        section("XE against model size", figure_model_size(ctx["sizes"], results_dir),
+                f"Figure 5. Mean XE on `{first}` against parameter count, one line per K (95% CIs).",
+                [f"- {r['size']} ({r['n_params']:,} params), K={r['k']}: {fmt(r['xe_mean'])} "
+                 f"({r['n_seeds']} seeds, {r['n_windows']} windows)" for r in ctx["sizes"]])
+    else:
+        notes.append("Figure 5 (model size): only one model size ran.")
+    if ctx["dataset_stats"]:
+        s = ctx["dataset_stats"]
+        section("Dataset composition", figure_dataset(s, results_dir),
+                f"Figure 6. Tokens per category and split (log scale). Default order (K = 1..5): "
+                f"{', '.join(s.get('default_order', []))}; default budget {s.get('default_budget', 0):,} tokens.")
+    else:
+        notes.append("Figure 6 (dataset composition): stats.json not found under the runs' data_dir." +
+                     ("" if ctx["order_known"] else " Without it the default order is unknown: the 'top five' "
+                      "view is the components the runs used, up to five."))
+    section("Training curves", figure_training(ctx["main_runs"], results_dir),
+            "Figure 7. Training loss (left) and validation loss on the mixture's val split (right) against "
+            "training tokens, one line per run, coloured by K.")
+    return sections, images, notes
+
+
+def report(ctx, sections, notes):
+    a, main_runs, cfg = ctx["analysis"], ctx["main_runs"], ctx["cfg"]
+    dataset, size, budget = ctx["main_key"]
+    seeds = {k: sum(r["k"] == k for r in main_runs) for k in a["ks"]}
+    lines = [f"# In-context cross entropy against the number of components K ({dataset})", "",
+             f"Generated by `python plot.py` from {len(ctx['runs'])} evaluated run(s) in `{cfg.out}/`. "
+             f"Main group: dataset **{dataset}** ({main_runs[0]['eval']['source']}), model **{size}** "
+             f"({main_runs[0]['eval']['n_params']:,} parameters), token budget **{budget:,}** tokens; "
+             + ", ".join(f"K={k}: {n} seed(s)" for k, n in seeds.items()) +
+             ". Every run is scored on the same fixed test windows, so comparisons across K are paired. XE is "
+             f"in nats per token. 95% intervals (in brackets) come from {cfg.n_boot} bootstrap replicates that "
+             "resample seeds and documents (one document draw shared by all seeds, since they share the windows).", ""]
+    if min(seeds.values()) == 1:
+        lines += ["**Note:** at least one K has a single seed; its intervals reflect document sampling only, "
+                  "not seed-to-seed variation.", ""]
+    if a["first"] is None:
+        lines += ["**Note:** no category is in every run's mixture: no per-position, excess-area or late-position "
+                  "analysis.", ""]
+    lines += ["## Budget check", ""]
+    for check in ctx["budget"]:
+        if check["ok"]:
+            lines.append(f"- token budget {check['token_budget']:,}: all {check['n_runs']} runs trained on "
+                         f"{check['tokens']:,} tokens.")
+        else:
+            lines.append(f"- **token budget {check['token_budget']:,}: DISCREPANCIES among {check['n_runs']} runs:**")
+            lines += [f"  - **{p}**" for p in check["problems"]]
+    lines += [""] + sections
+    if notes:
+        lines += ["## Skipped", ""] + [f"- {note}" for note in notes] + [""]
+    if ctx["other_groups"]:
+        lines += ["## Other groups (in results.csv only)", ""] + \
+                 [f"- {d} / {s} / budget {b:,}: {n} run(s)" for (d, s, b), n in ctx["other_groups"].items()] + [""]
+    lines += ["## Runs not evaluated or left out", ""] + ([f"- `{n}`: {why}" for n, why in ctx["skipped"].items()] or ["- none"])
+    lines += ["", "Files: [results.csv](results.csv) (one row per run and evaluation category), "
+              "[fits.json](fits.json) (every fit, interval and test).", ""]
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv):
+    cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
+    runs, skipped = load_runs(cfg.out)
+    if not runs:
+        raise UserError(f"no evaluated runs in {cfg.out}/; run `python evaluate.py {cfg.out}/<run>` "
+                        f"(or `bash sweep.sh`) first")
+    # every comparison pairs windows across runs: a run scored on another evaluation set is left out
+    for dataset in {r["eval"]["dataset"] for r in runs}:
+        shas = [r["eval"].get("evalset", {}).get("sha") for r in runs if r["eval"]["dataset"] == dataset]
+        common = max(set(shas), key=shas.count)
+        for r in [r for r in runs if r["eval"]["dataset"] == dataset and r["eval"].get("evalset", {}).get("sha") != common]:
+            skipped[r["name"]] = (f"evaluated on a different evaluation set than the other {dataset} runs; "
+                                  f"re-run `python evaluate.py {r['dir']}`")
+            runs.remove(r)
+    print(f"{len(runs)} evaluated run(s) in {cfg.out}/" + (f", {len(skipped)} skipped" if skipped else ""))
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["key"], []).append(r)
+    main_key = max(sorted(groups), key=lambda key: len(groups[key]))    # most runs; ties: first in order
+    main_runs = groups[main_key]
+    # the dataset's default order names the first component and the top five
+    stats_path = next(filter(None, (dataset_file(r, "stats.json", cfg.out) for r in main_runs)), None)
+    meta_path = next(filter(None, (dataset_file(r, "meta.json", cfg.out) for r in main_runs)), None)
+    dataset_stats = read_json(stats_path) if stats_path else None
+    default_order = (dataset_stats or (read_json(meta_path) if meta_path else {})).get("default_order")
+    if not default_order:     # no dataset files here: the runs' own components, in order of K
+        default_order = list(dict.fromkeys(c for r in main_runs for c in r["components"]))
+        print("warning: no stats.json/meta.json found; 'top5' means the components the runs used")
+    shared = set.intersection(*({c for c in r["components"] if c in r["eval"]["categories"]} for r in main_runs))
+    first = next((c for c in default_order + main_runs[0]["components"] if c in shared), None)
+    print(f"main group: {main_key[0]} / {main_key[1]} / budget {main_key[2]:,}: {len(main_runs)} runs; "
+          f"first component {first}; {cfg.n_boot} bootstrap replicates")
+
+    analysis = analyse_group(main_runs, first, default_order[:5], cfg)
+    ctx = {"cfg": cfg, "runs": runs, "skipped": skipped, "main_key": main_key, "main_runs": main_runs,
+           "analysis": analysis, "dataset_stats": dataset_stats, "order_known": bool(stats_path or meta_path),
+           "synthetic": all(r["eval"]["source"] == "synthetic" for r in main_runs),
+           "sizes": size_summary(runs, main_key, first, cfg) if first else None, "budget": budget_check(runs),
+           "other_groups": {key: len(g) for key, g in groups.items() if key != main_key}}
+
+    os.makedirs(cfg.results, exist_ok=True)
+    rows = results_rows(runs)
+    write_csv(os.path.join(cfg.results, "results.csv"), rows)
+    sections, images, notes = figure_sections(ctx)
+    drawn = {image.rsplit(".", 1)[0] for image in images}
+    for name in os.listdir(cfg.results):                   # figures this data no longer supports
+        if name.startswith("fig_") and name.rsplit(".", 1)[0] not in drawn:
+            os.remove(os.path.join(cfg.results, name))
+    write_json(os.path.join(cfg.results, "fits.json"), clean({
+        "group": {"dataset": main_key[0], "model_size": main_key[1], "token_budget": main_key[2],
+                  "runs": [r["name"] for r in main_runs]},
+        "n_boot": cfg.n_boot, "first_component": first, "views": analysis["views"],
+        "fits": {"xe_mean_vs_lnK": analysis["lnK_fits"], "late_power_law": analysis.get("power_law"),
+                 "position_curves": analysis.get("position_fits")},
+        "tests": {"trend": analysis["trend"], "contrasts_vs_reference_k": analysis.get("contrasts")},
+        "excess_area": analysis.get("areas"), "model_size": ctx["sizes"], "budget_check": ctx["budget"]}))
+    atomic_write_bytes(os.path.join(cfg.results, "REPORT.md"), report(ctx, sections, notes).encode())
+
+    for check in ctx["budget"]:
+        print(f"budget {check['token_budget']:,}: " + (f"all {check['n_runs']} runs trained on {check['tokens']:,} "
+              f"tokens" if check["ok"] else "DISCREPANCIES: " + "; ".join(check["problems"])))
+    for view, cells in analysis["views"].items():
+        print(f"{view:>6}: " + "  ".join(f"K={k} {fmt(s['xe_mean'])}" for k, s in cells.items()))
+    if analysis.get("power_law"):
+        print(f"late power law: {fmt_fit(analysis['power_law'])}")
+    print(f"wrote {len(rows)} rows to {cfg.results}/results.csv, {len(drawn)} figures (png+pdf), fits.json; "
+          f"report: {os.path.join(cfg.results, 'REPORT.md')}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
