@@ -30,6 +30,7 @@ eval_windows = 1000         # windows per category in the fixed evaluation set
 eval_seed = 0               # the evaluation set's seed (the same for every run)
 batch_size = 500            # windows per forward pass
 device = "auto"
+cpu_threads = 0             # torch threads on CPU; 0 = torch's default (the CPU sweep uses 1 per run)
 dtype = "bfloat16"          # autocast on CUDA; losses are always computed in float32
 force = False               # re-evaluate runs that already have eval.json
 # -----------------------------------------------------------------------------
@@ -195,6 +196,8 @@ def main(argv):
                         "(`ls out/` lists them)")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     dataset_cache = {}
     for run_dir in runs:
         evaluate_run(run_dir, cfg, dataset_cache, device)

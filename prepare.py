@@ -46,7 +46,7 @@ synth_vocab = 64            # chain states; EOT is token synth_vocab
 concentration = 0.1         # Dirichlet concentration of each transition row (small = peaked rows)
 floor = 0.02                # uniform mixing, so every transition is possible
 doc_tokens = (1000, 4000)   # document length range (tokens, before EOT)
-split_tokens = (400_000, 20_000, 150_000)   # approximate tokens per component: train, val, test
+split_tokens = (300_000, 20_000, 150_000)   # approximate tokens per component: train, val, test
 # -----------------------------------------------------------------------------
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 

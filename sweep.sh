@@ -33,6 +33,7 @@ else
   DATA=${DATA:-data/synthetic}
   PREPARE_ARGS=${PREPARE_ARGS:-""}
   BASE_CONFIG="config/synthetic.py"
+  EVAL_ARGS=${EVAL_ARGS:-"--cpu_threads=1"}   # runs are evaluated side by side, one core each
 fi
 # -----------------------------------------------------------------------------------------------
 
@@ -53,14 +54,7 @@ trap on_interrupt INT TERM
 
 say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, data $DATA, extra: ${EXTRA[*]:-none}"
 
-# ---- 1. data ------------------------------------------------------------------------------------
-if [[ ! -f "$DATA/meta.json" ]]; then
-  say "preparing $DATA"
-  $PYTHON prepare.py --source="$MODE" --data_dir="$DATA" $PREPARE_ARGS 2>&1 | tee -a "$SWEEP_LOG"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || { say "prepare failed (see above)"; exit 1; }
-fi
-
-# ---- 2. where runs go ---------------------------------------------------------------------------
+# ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 if [[ $MODE == arxiv && $N_GPUS -eq 0 && $FORCE_CPU != 1 ]]; then
   $PYTHON - "$DATA" "$SIZES" "$KS" "$SEEDS" <<'EOF'
@@ -82,6 +76,13 @@ print(f"no GPU visible: the arXiv sweep ({len(ks) * len(seeds) * len(sizes)} run
 EOF
   exit 1
 fi
+# ---- 2. data ------------------------------------------------------------------------------------
+if [[ ! -f "$DATA/meta.json" ]]; then
+  say "preparing $DATA"
+  $PYTHON prepare.py --source="$MODE" --data_dir="$DATA" $PREPARE_ARGS 2>&1 | tee -a "$SWEEP_LOG"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || { say "prepare failed (see above)"; exit 1; }
+fi
+
 if [[ $PARALLEL == auto ]]; then
   if [[ $N_GPUS -gt 0 ]]; then PARALLEL=$N_GPUS; else PARALLEL=$(nproc); fi
   [[ $MODE == arxiv && $N_GPUS -eq 0 ]] && PARALLEL=1
@@ -99,6 +100,7 @@ run_one() {   # size k seed slot
   local configs=$BASE_CONFIG
   [[ $MODE == arxiv ]] && configs="config/$size.py"
   local name="$(basename "$DATA")_k${k}_${size}_s${seed}"
+  [[ $MODE == synthetic ]] && name="$(basename "$DATA")_k${k}_s${seed}"
   local dir="$OUT/$name"
   if [[ $N_GPUS -gt 1 ]]; then export CUDA_VISIBLE_DEVICES=$((slot % N_GPUS)); fi
   if [[ -f "$dir/eval.json" ]]; then
