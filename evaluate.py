@@ -14,7 +14,6 @@ Writes out/<run>/eval.npz (per-window, per-position losses in nats, keyed "model
 "bayes:<cat>", "oracle:<cat>", "doc:<cat>") and out/<run>/eval.json (the summary; written last).
 """
 import os
-import sys
 import time
 from types import SimpleNamespace
 
