@@ -170,6 +170,11 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def stable_hash(text):
+    """A process-independent integer for a name (Python's hash() is salted per process)."""
+    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
+
+
 def file_sha(path, n=1 << 20):
     """sha1 of a file (for fingerprints: meta.json, eval sets)."""
     h = hashlib.sha1()
@@ -198,6 +203,29 @@ def provenance():
     return {"git_commit": git("rev-parse", "HEAD") or "unknown",
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "versions": versions, "host": platform.node(), "argv": sys.argv}
+
+
+# ----------------------------------------------------------------------------------------------
+# device and precision, the same for training and evaluation
+
+def resolve_device(name):
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu")
+    return torch.device(name)
+
+
+def autocast_for(device, dtype):
+    """bf16/fp16 autocast on CUDA (losses are computed in float32 regardless); none on CPU."""
+    import torch
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise UserError(f"dtype={dtype!r}: use bfloat16, float16 or float32")
+    if device.type == "cuda" and dtypes[dtype] != torch.float32:
+        return torch.autocast("cuda", dtype=dtypes[dtype])
+    return torch.autocast(device.type, enabled=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +335,7 @@ def fixed_windows(dataset, comp, split, n, seed):
     (starts into the split's .bin, doc ids), sorted by (doc, start). Deterministic in seed.
     """
     offsets = dataset.offsets(comp, split)
-    rng = np.random.default_rng([seed, int(hashlib.sha1(comp.encode()).hexdigest()[:8], 16)])
+    rng = np.random.default_rng([seed, stable_hash(comp)])
     # a document's windows must end before its EOT; slots are the non-overlapping positions
     lengths = np.diff(offsets) - 1
     slots = np.maximum(lengths // WINDOW, 0)

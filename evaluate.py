@@ -20,8 +20,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (BLOCK, Dataset, UserError, atomic_path, config_defaults, configure, file_sha,
-                    fixed_windows, gather_windows, read_json, run_cli, write_json)
+from common import (BLOCK, Dataset, UserError, atomic_path, autocast_for, config_defaults, configure,
+                    file_sha, fixed_windows, gather_windows, read_json, resolve_device, run_cli,
+                    write_json)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -141,9 +142,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
     names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
     chains = dataset.chains()
-    is_cuda = device.type == "cuda"
-    autocast = (torch.autocast("cuda", dtype=getattr(torch, cfg.dtype)) if is_cuda
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(device, cfg.dtype)
     arrays, categories = {}, {}
     for cat in dataset.components:
         starts, docs = evalset[cat]
@@ -193,8 +192,7 @@ def main(argv):
     if not runs:
         raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
                         "(`ls out/` lists them)")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     dataset_cache = {}

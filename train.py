@@ -14,7 +14,6 @@ A run folder out/<run_name>/ holds config.json, log.jsonl, ckpt.pt and, when fin
 Kill it at any time: the same command resumes from the last checkpoint and ends bit-identically
 (on CPU) to an uninterrupted run.
 """
-import hashlib
 import json
 import math
 import os
@@ -25,9 +24,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (BLOCK, WINDOW, Dataset, UserError, atomic_path, config_defaults, configure,
-                    doc_windows, fixed_windows, gather_windows, provenance, read_json, run_cli,
-                    write_json)
+from common import (BLOCK, WINDOW, Dataset, UserError, atomic_path, autocast_for, config_defaults,
+                    configure, doc_windows, fixed_windows, gather_windows, provenance, read_json,
+                    resolve_device, run_cli, stable_hash, write_json)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -97,7 +96,7 @@ class Mixture:
         position, eot = 0, dataset.eot
         for c, (name, quota) in enumerate(zip(names, quotas)):
             tokens, offsets = dataset.tokens(name, "train"), dataset.offsets(name, "train")
-            rng = np.random.default_rng([seed, _stable_hash(name)])
+            rng = np.random.default_rng([seed, stable_hash(name)])
             order = rng.permutation(len(offsets) - 1)
             taken = 0
             for d in order:
@@ -110,7 +109,7 @@ class Mixture:
                 comps.append(c)
                 position += 1 + length
                 taken += length
-            n_docs.append(int(sum(1 for x in comps if x == c)))
+            n_docs.append(len(comps) - sum(n_docs))
         pieces.append(np.full(WINDOW, eot, dtype=np.uint16))
         self.tokens = np.concatenate(pieces)
         self.doc_start, self.doc_end = np.array(starts), np.array(ends)
@@ -133,10 +132,6 @@ class Mixture:
         """An upper bound on windows per epoch, whatever the phases: fixes the batch shape."""
         lengths = self.doc_end - self.doc_start
         return int(np.sum(np.ceil((lengths - 1) / BLOCK) + 1))
-
-
-def _stable_hash(text):
-    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
 
 
 def resolve_mixture(dataset, cfg):
@@ -272,14 +267,6 @@ def learning_rate_at(step, cfg, total_steps):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - cfg.min_lr)
 
 
-def resolve_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu")
-    return torch.device(name)
-
-
 def size_label(cfg):
     return f"{cfg.n_layer}L-{cfg.n_embd}d"
 
@@ -359,12 +346,7 @@ def main(argv):
     if is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16,
-                      "float32": torch.float32}.get(cfg.dtype)
-    if autocast_dtype is None:
-        raise UserError(f"dtype={cfg.dtype!r}: use bfloat16, float16 or float32")
-    autocast = (torch.autocast("cuda", dtype=autocast_dtype) if is_cuda and autocast_dtype != torch.float32
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(device, cfg.dtype)
 
     t_build = time.time()
     mixture = Mixture(dataset, names, quotas, cfg.seed)
