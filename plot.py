@@ -155,8 +155,22 @@ def power_law(k, a, c, beta):
     return a + c * (log_k if abs(beta) < 1e-9 else np.expm1(beta * log_k) / beta)
 
 
-def position_law(t, a, b, c):
-    return a + b * np.power(t, -c)
+POSITION_C_BOUNDS = (0.0, 5.0)   # decay exponent c of the per-position law
+
+
+def log_decay(log_t, c):
+    """(1 - t^-c) / c from ln t, and its c -> 0 limit ln t (expm1 keeps small c accurate)."""
+    return log_t if abs(c) < 1e-12 else -np.expm1(-c * log_t) / c
+
+
+def position_law(t, x1, d, c):
+    """
+    XE(t) = a + b t^-c written as x1 - d (1 - t^-c) / c, with x1 = a + b (XE at t = 1) and d = b c
+    (the fall per unit ln t at t = 1). Same curves for c > 0, but this form stays finite as c -> 0,
+    where it becomes x1 - d ln t; in the a, b form a nearly logarithmic curve sends a and b off to
+    -inf and +inf with meaningless intervals. The asymptote a = x1 - d / c exists only for c > 0.
+    """
+    return x1 - d * log_decay(np.log(t), c)
 
 
 def fit_law(f, x, y, p0, sigma=None, bounds=(-np.inf, np.inf)):
@@ -183,10 +197,19 @@ def fit_linear_in_log_k(k, y):
     return fit_law(linear, np.log(k), y, p0=[float(np.mean(y)), 0.0])
 
 
+def derived_parameter(fit, name, value, gradient):
+    """Add a function of the fitted parameters with a delta-method t interval from the fit covariance."""
+    t_quantile = stats.t.ppf(0.975, fit["dof"])
+    se = float(np.sqrt(max(np.dot(gradient, fit["cov"] @ gradient), 0.0)))
+    fit["params"][name] = {"value": value, "se": se, "ci95": [value - t_quantile * se, value + t_quantile * se],
+                           "derived": True}
+
+
 def fit_power_law(k, y):
     """
-    XE(K) = E + B K^beta, fitted as power_law(K, a, c, beta) from a few starting exponents; E and
-    B are reported too, with delta-method intervals (wide when beta is near 0, as they should be).
+    XE(K) = E + B K^beta, fitted as power_law(K, a, c, beta) from a few starting exponents. E and
+    B are added, with delta-method intervals, only when beta's interval excludes 0 ("E_B": true):
+    near beta = 0 the law is a + c ln K and E, B have no finite estimate.
     """
     k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
     best = None
@@ -199,23 +222,54 @@ def fit_power_law(k, y):
     if best is None or best["cov"] is None:
         return best or fit
     a, c, beta = (best["params"][n]["value"] for n in ("a", "c", "beta"))
-    if abs(beta) > 1e-9:
-        t_quantile = stats.t.ppf(0.975, best["dof"])
-        for name, value, gradient in (("E", a - c / beta, [1, -1 / beta, c / beta ** 2]),
-                                      ("B", c / beta, [0, 1 / beta, -c / beta ** 2])):
-            se = float(np.sqrt(max(np.dot(gradient, best["cov"] @ gradient), 0.0)))
-            best["params"][name] = {"value": value, "se": se, "ci95": [value - t_quantile * se, value + t_quantile * se],
-                                    "derived": True}
+    lo, hi = best["params"]["beta"]["ci95"]
+    # E = a - c / beta and B = c / beta only when beta is clearly away from 0: near 0 they run off to
+    # -/+ infinity (the a + c ln K limit) and a delta-method interval for them means nothing
+    best["E_B"] = bool(np.isfinite(best["params"]["beta"]["se"]) and (lo > 0 or hi < 0))
+    if best["E_B"]:
+        derived_parameter(best, "E", a - c / beta, [1, -1 / beta, c / beta ** 2])
+        derived_parameter(best, "B", c / beta, [0, 1 / beta, -c / beta ** 2])
     return best
 
 
 def fit_position_curve(xe_t, se_t=None):
-    """XE(t) = a + b t^-c over t = 1..len(xe_t), weighted by the per-position standard errors."""
+    """
+    XE(t) = x1 - d (1 - t^-c) / c over t = 1..len(xe_t) (position_law; c -> 0: x1 - d ln t), weighted
+    by the per-position standard errors, with c bounded to POSITION_C_BOUNDS and started from a grid
+    of exponents (x1, d solved by least squares for each). c's interval is clipped to its bounds.
+    The asymptote a = x1 - d / c, with a delta-method interval, is added only when c's interval
+    excludes 0 ("asymptote": true); otherwise the curve is logarithmic within the window as far as
+    the data can tell, and the asymptote is not estimated.
+    """
     xe_t = np.asarray(xe_t, dtype=float)
     t = np.arange(1, len(xe_t) + 1)
-    sigma = None if se_t is None or not np.all(np.asarray(se_t) > 0) else se_t
-    return fit_law(position_law, t, xe_t, p0=[xe_t[-1], max(xe_t[0] - xe_t[-1], 1e-3), 0.5],
-                   sigma=sigma, bounds=([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 5.0]))
+    log_t = np.log(t)
+    sigma = None if se_t is None or not np.all(np.asarray(se_t) > 0) else np.asarray(se_t, dtype=float)
+    weight = np.ones_like(xe_t) if sigma is None else 1 / sigma
+    lower, upper = POSITION_C_BOUNDS
+    best, best_chi2 = None, None
+    for c in (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 4.0):
+        design = np.stack([np.ones_like(log_t), -log_decay(log_t, c)], axis=1)
+        (x1, d), *_ = np.linalg.lstsq(design * weight[:, None], xe_t * weight, rcond=None)
+        fit = fit_law(position_law, t, xe_t, p0=[x1, d, c], sigma=sigma,
+                      bounds=([-np.inf, -np.inf, lower], [np.inf, np.inf, upper]))
+        if "error" in fit:
+            continue
+        chi2 = float(np.sum((weight * (xe_t - position_law(t, *(p["value"] for p in fit["params"].values())))) ** 2))
+        if best is None or chi2 < best_chi2 * (1 - 1e-9):
+            best, best_chi2 = fit, chi2
+    if best is None:
+        return fit
+    best["form"] = "XE(t) = x1 - d (1 - t^-c) / c; c -> 0: x1 - d ln t; asymptote a = x1 - d / c when c > 0"
+    best["c_bounds"] = list(POSITION_C_BOUNDS)
+    exponent = best["params"]["c"]
+    best["asymptote"] = bool(best["cov"] is not None and np.isfinite(exponent["se"]) and exponent["ci95"][0] > 0)
+    exponent["ci95"] = [float(np.clip(v, lower, upper)) if np.isfinite(v) else v for v in exponent["ci95"]]
+    exponent["at_bound"] = bool(min(abs(exponent["value"] - lower), abs(exponent["value"] - upper)) < 1e-6)
+    x1, d, c = (best["params"][n]["value"] for n in ("x1", "d", "c"))
+    if best["asymptote"]:
+        derived_parameter(best, "a", x1 - d / c, [1, -1 / c, d / c ** 2])
+    return best
 
 
 # -----------------------------------------------------------------------------
@@ -681,6 +735,27 @@ def fmt_fit(fit):
         f" ({fit['n_points']} points, rmse {fit['rmse']:.3g})"
 
 
+def fmt_position_fit(fit):
+    """One report line for a position_law fit: x1, d, c, then the asymptote or why there is none."""
+    if not fit or "params" not in fit:
+        return fmt_fit(fit)
+    p = fit["params"]
+    ci = {n: {"value": p[n]["value"], "ci": p[n]["ci95"]} for n in p}
+    text = (f"x1 = {fmt(ci['x1'])}, d = {fmt(ci['d'])}, c = {fmt(ci['c'])}"
+            + (f" (at its bound {min(fit['c_bounds'], key=lambda b: abs(b - p['c']['value'])):g})"
+               if p["c"].get("at_bound") else "")
+            + f", {fit['n_points']} points, rmse {fit['rmse']:.3g}; ")
+    if fit.get("asymptote"):
+        return text + f"asymptote a = x1 - d/c = {fmt(ci['a'])}"
+    if fit.get("cov") is None:
+        return text + "no interval for c, so no asymptote estimate"
+    if p["d"]["ci95"][0] <= 0 <= p["d"]["ci95"][1]:
+        return text + ("d's interval includes 0: XE(t) is flat within the noise, so c is not identified and no "
+                       "asymptote is estimated")
+    return (text + f"c's interval reaches 0: logarithmic within t = 1..{fit['n_points']} "
+            f"(about x1 - d ln t), no finite asymptote estimate")
+
+
 def fmt_p(p):
     return "n/a" if p is None or not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
 
@@ -718,6 +793,16 @@ def xe_vs_k_tables(ctx):
     return lines
 
 
+def power_law_line(fit):
+    if not fit:
+        return "Power law not fitted: it needs at least 3 values of K."
+    line = f"Power law: {fmt_fit(fit)}."
+    if "params" in fit and fit.get("cov") is not None and not fit.get("E_B"):
+        line += (" beta's interval includes 0: within these K the late XE is not distinguishable from logarithmic "
+                 "in K (a + c ln K), so E and B have no finite estimate and are not reported.")
+    return line
+
+
 def figure_sections(ctx):
     """Draw every figure the data supports; markdown sections (figure, caption, numbers) and skip notes."""
     a, results_dir, synthetic = ctx["analysis"], ctx["cfg"].results, ctx["synthetic"]
@@ -732,13 +817,20 @@ def figure_sections(ctx):
             "error bars 95% bootstrap intervals" + (", dashed the Bayes-optimal predictor of each run's training "
             "mixture, dotted the oracle that knows the component" if synthetic else "") + ".", xe_vs_k_tables(ctx))
     if first is not None:
-        fits = [f"- K={k}: {fmt_fit(f)}" for k, f in a["position_fits"].items()]
+        fits = [f"- K={k}: {fmt_position_fit(f)}" for k, f in a["position_fits"].items()]
         section("XE against position", figure_positions(a, results_dir),
                 f"Figure 2. XE(t) on `{first}` per K (log position axis; bands: 95% CI over seeds and documents)" +
                 ("; dashed: Bayes-optimal predictor of each K's mixture; dotted: oracle" if synthetic else "") +
                 f". Right: paired excess XE_K(t) - XE_{ks[0]}(t).",
-                ["Fits XE(t) = a + b t^-c to the mean curve, weighted by the per-position bootstrap standard "
-                 "error (the positions share windows, so these intervals are optimistic):", ""] + fits)
+                [f"Fits XE(t) = a + b t^-c to the mean curve in the form XE(t) = x1 - d (1 - t^-c) / c: x1 = a + b "
+                 f"is XE at t = 1, d = b c is the fall in XE per unit of ln t at t = 1, and c, the decay exponent, is "
+                 f"constrained to [{POSITION_C_BOUNDS[0]:g}, {POSITION_C_BOUNDS[1]:g}] (its interval clipped to that "
+                 f"range). As c -> 0 the law becomes x1 - d ln t, a logarithmic curve with no finite asymptote, so "
+                 f"x1 and d stay finite there. The asymptote a = x1 - d/c is given, with a delta-method interval, "
+                 f"only when c's 95% interval excludes 0; otherwise the curve is logarithmic within the window and "
+                 f"the data give no finite asymptote. Weighted by the per-position bootstrap standard error; 95% "
+                 f"intervals from the fit covariance (the positions share windows, so they are optimistic):", ""]
+                + fits)
     if first is not None and len(ks) > 1:
         rows = [f"| {k} | {x['bound']:.3f} | {fmt(x['model'])} | {fmt(x['identification'])} |" +
                 (f" {fmt(x.get('bayes'))} |" if synthetic else "") for k, x in a["areas"].items()]
@@ -752,9 +844,10 @@ def figure_sections(ctx):
         section("Late-position XE against K", figure_late_power_law(a, results_dir),
                 f"Figure 4. Mean XE over t = 51..100 on `{first}` against K with the fitted XE_late(K) = E + B K^beta, "
                 f"fitted to run-level points as a + c (K^beta - 1) / beta (a = E + B is XE_late at K = 1, c = B beta; "
-                f"E and B follow, with delta-method intervals); intervals from the fit covariance. Right: the paired "
-                f"late excess over K={ks[0]}, which the fit predicts as c (K^beta - 1) / beta.",
-                [f"Power law: {fmt_fit(fit)}." if fit else "Power law not fitted: it needs at least 3 values of K."])
+                f"as beta -> 0 this becomes a + c ln K); intervals from the fit covariance. E = a - c/beta and "
+                f"B = c/beta follow, with delta-method intervals, only when beta's 95% interval excludes 0. Right: "
+                f"the paired late excess over K={ks[0]}, which the fit predicts as c (K^beta - 1) / beta.",
+                [power_law_line(fit)])
     else:
         notes.append("Figures 2-4 (positions, excess area, late-position law): they need a component in every "
                      "mixture and, for 3 and 4, at least two values of K.")

@@ -208,17 +208,75 @@ def test_fits_recover_known_parameters():
     rng = np.random.default_rng(4)
     k = np.repeat(np.arange(1, 6), 3).astype(float)
     late = 2.0 + 0.1 * k ** 0.6 + rng.normal(0, 0.002, len(k))            # E + B K^beta
-    check_params(plot.fit_power_law(k, late), {"E": 2.0, "B": 0.1, "beta": 0.6, "a": 2.1, "c": 0.06}, 0.25)
+    fit = plot.fit_power_law(k, late)
+    check_params(fit, {"E": 2.0, "B": 0.1, "beta": 0.6, "a": 2.1, "c": 0.06}, 0.25)
+    assert fit["E_B"]
     np.testing.assert_allclose(plot.power_law(k, 2.1, 0.06, 0.6), 2.0 + 0.1 * k ** 0.6)
-    # a logarithmic trend is the beta -> 0 end of the family: finite parameters, beta near 0
+    # a logarithmic trend is the beta -> 0 end of the family: finite parameters, beta near 0, and no
+    # E, B (they would run off to -/+ infinity with meaningless delta-method intervals)
     fit = plot.fit_power_law(k, 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.002, len(k)))
     check_params(fit, {"a": 3.0, "c": 0.2}, 0.05)
     assert abs(fit["params"]["beta"]["value"]) < 0.2
-    curve = plot.position_law(T, 1.5, 2.0, 0.7) + rng.normal(0, 0.005, BLOCK)
-    check_params(plot.fit_position_curve(curve, np.full(BLOCK, 0.005)), {"a": 1.5, "b": 2.0, "c": 0.7}, 0.05)
+    assert not fit["E_B"] and "E" not in fit["params"] and "B" not in fit["params"]
+    assert "logarithmic in K" in plot.power_law_line(fit)
     xe = 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.01, len(k))
     check_params(plot.fit_linear_in_log_k(k, xe), {"a": 3.0, "b": 0.2}, 0.1)
     assert plot.fit_law(plot.linear, [1, 2], [1, 2], p0=[0, 1])["params"]["a"]["se"] != 0   # dof 0: no crash
+
+
+def test_position_law_parametrization():
+    # x1 - d (1 - t^-c) / c is a + b t^-c with x1 = a + b, d = b c, and x1 - d ln t at c = 0, continuously
+    np.testing.assert_allclose(plot.position_law(T, 3.5, 1.4, 0.7), 1.5 + 2.0 * T ** -0.7)
+    np.testing.assert_allclose(plot.position_law(T, 3.0, 0.25, 0.0), 3.0 - 0.25 * np.log(T))
+    np.testing.assert_allclose(plot.position_law(T, 3.0, 0.25, 1e-7), 3.0 - 0.25 * np.log(T), atol=1e-6)
+    np.testing.assert_allclose(plot.position_law(T, 3.0, 0.25, 1e-13), 3.0 - 0.25 * np.log(T))
+
+
+def finite_interval(p, max_width):
+    assert all(math.isfinite(v) for v in (p["value"], p["se"], *p["ci95"])), p
+    assert p["ci95"][0] <= p["value"] <= p["ci95"][1] and p["ci95"][1] - p["ci95"][0] < max_width, p
+
+
+def test_position_fit_power_law_curve():
+    """A clearly power-law curve a + b t^-c: x1, d, c recovered, and the asymptote a with an interval."""
+    rng = np.random.default_rng(5)
+    curve = 1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.005, BLOCK)
+    fit = plot.fit_position_curve(curve, np.full(BLOCK, 0.005))
+    check_params(fit, {"x1": 3.5, "d": 1.4, "c": 0.7, "a": 1.5}, 0.05)
+    assert fit["asymptote"] and fit["params"]["a"]["derived"] and not fit["params"]["c"]["at_bound"]
+    line = plot.fmt_position_fit(fit)
+    assert "; asymptote a = x1 - d/c = " in line and "logarithmic" not in line
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.002])
+def test_position_fit_near_logarithmic_curve_stays_finite(exponent):
+    """
+    XE(t) = a + b t^-c with c ~ 0 (here a = 3 - 125, b = 125 for c = 0.002: d = b c = 0.25), i.e.
+    about 3 - 0.25 ln t: the a, b form ran off to a ~ -1e3, b ~ +1e3 with intervals of +-1e6. The
+    fit must give finite x1 ~ 3, d ~ 0.25, c ~ 0 with finite, narrow intervals, and no asymptote.
+    """
+    rng = np.random.default_rng(6)
+    d = 0.25
+    exact = 3.0 - d * np.log(T) if exponent == 0 else (3.0 - d / exponent) + (d / exponent) * T ** -exponent
+    noise = 0.01
+    fit = plot.fit_position_curve(exact + rng.normal(0, noise, BLOCK), np.full(BLOCK, noise))
+    p = fit["params"]
+    check_params(fit, {"x1": 3.0, "d": d}, 0.05)
+    finite_interval(p["x1"], 0.1)
+    finite_interval(p["d"], 0.05)
+    finite_interval(p["c"], 0.1)
+    assert 0 <= p["c"]["value"] < 0.05 and p["c"]["ci95"][0] == 0.0      # clipped to the bound
+    assert not fit["asymptote"] and "a" not in p
+    line = plot.fmt_position_fit(fit)
+    assert "logarithmic within t = 1..100" in line and "no finite asymptote" in line
+
+
+def test_position_fit_flat_curve():
+    rng = np.random.default_rng(7)
+    fit = plot.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
+    check_params(fit, {"x1": 2.4}, 0.02)
+    finite_interval(fit["params"]["d"], 0.1)
+    assert not fit["asymptote"] and "flat within the noise" in plot.fmt_position_fit(fit)
 
 
 # -----------------------------------------------------------------------------
@@ -242,6 +300,13 @@ def test_main_writes_every_output(sweep):
     assert set(fits["views"]) == {"first", "own", "top5", "unseen"}
     assert set(fits["fits"]["position_curves"]) == {"1", "2", "3"}
     assert fits["fits"]["late_power_law"]["params"]["beta"]["ci95"][0] is not None
+    for k, curve in fits["fits"]["position_curves"].items():
+        assert {"x1", "d", "c"} <= set(curve["params"]) and ("a" in curve["params"]) == curve["asymptote"], k
+        assert 0 <= curve["params"]["c"]["ci95"][0] <= curve["params"]["c"]["ci95"][1] <= 5, k
+        for p in curve["params"].values():
+            assert None not in (p["value"], *p["ci95"]) and abs(p["ci95"][1] - p["ci95"][0]) < 10, (k, p)
+    assert "x1 - d (1 - t^-c) / c" in text and "x1 - d ln t" in text
+    assert len(re.findall(r"^- K=\d: x1 = .*, d = .*, c = ", text, re.M)) == 3
     contrasts = fits["tests"]["contrasts_vs_reference_k"]
     assert len(contrasts) == 2 * 3 and all(c["p_holm"] >= c["p_value"] for c in contrasts)
     # the fake data put ln K nats of Bayes excess on early positions: the area recovers it
