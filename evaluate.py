@@ -28,7 +28,8 @@ from model import GPT, GPTConfig
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
 eval_seed = 0               # the evaluation set's seed (the same for every run)
-batch_size = 500            # windows per forward pass
+batch_size = 0              # windows per forward pass; 0 = as many as keep the float32 logits
+                            # near 1 GB (about 50 windows at GPT-2's vocabulary, 40k at 64 states)
 device = "auto"
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default (the CPU sweep uses 1 per run)
 dtype = "bfloat16"          # autocast on CUDA; losses are always computed in float32
@@ -143,11 +144,12 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
     chains = dataset.chains()
     autocast = autocast_for(device, cfg.dtype)
+    batch_size = cfg.batch_size or max(1, (1 << 28) // (BLOCK * model.config.padded_vocab))
     arrays, categories = {}, {}
     for cat in dataset.components:
         starts, docs = evalset[cat]
         x, y = gather_windows(dataset.tokens(cat, "test"), starts, np.full(len(starts), BLOCK))
-        losses = model_losses(model, x, y, device, cfg.batch_size, autocast)
+        losses = model_losses(model, x, y, device, batch_size, autocast)
         arrays[f"model:{cat}"], arrays[f"doc:{cat}"] = losses, docs
         entry = {"n_windows": len(starts), "n_docs": int(len(np.unique(docs))),
                  "in_mixture": cat in names, **summarise(losses)}

@@ -566,7 +566,9 @@ def legend(ax):
 def errorbar(ax, x, cells, metric, **kwargs):
     value = np.array([cells[k][metric]["value"] for k in x])
     lo, hi = (np.array([cells[k][metric]["ci"][i] for k in x]) for i in (0, 1))
-    ax.errorbar(x, value, yerr=[value - lo, hi - value], capsize=3, **kwargs)
+    # a percentile interval need not contain the point estimate (skewed replicates, a single
+    # document): draw the bar to the interval's near edge rather than a negative length
+    ax.errorbar(x, value, yerr=[np.maximum(value - lo, 0), np.maximum(hi - value, 0)], capsize=3, **kwargs)
 
 
 def figure_xe_vs_k(analysis, results_dir):
