@@ -74,6 +74,8 @@ def _coerce(key, value, default, valid):
             return type(default)(value)
         if isinstance(value, str):                            # --components=cs.DS,math.ST
             return type(default)(s.strip() for s in value.split(",") if s.strip())
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return type(default)([value])                     # --weights=1 -> [1]
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -320,10 +322,16 @@ def gather_windows(tokens, starts, n_targets, ignore_index=-1):
     arrays and memmaps (CPU) and the same arithmetic is used on torch tensors on CUDA (train.py).
     Targets beyond a window's n_targets are set to ignore_index.
     """
-    idx = np.asarray(starts)[:, None] + np.arange(WINDOW)[None, :]
-    batch = np.asarray(tokens[idx], dtype=np.int64)
+    # every window is a row of one strided view of the tokens: a single row gather, no index grid
+    flat = np.asarray(tokens)
+    step = flat.strides[0]
+    rows = np.lib.stride_tricks.as_strided(flat, (len(flat) - WINDOW + 1, WINDOW), (step, step),
+                                           writeable=False)
+    batch = rows[np.asarray(starts)].astype(np.int64)
     x, y = batch[:, :-1], batch[:, 1:].copy()
-    y[np.arange(BLOCK)[None, :] >= np.asarray(n_targets)[:, None]] = ignore_index
+    n_targets = np.asarray(n_targets)
+    if (n_targets < BLOCK).any():
+        y[np.arange(BLOCK)[None, :] >= n_targets[:, None]] = ignore_index
     return x, y
 
 

@@ -19,6 +19,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -39,7 +41,7 @@ data_files = ""             # local copy: a folder with train*/validation*/test*
 categories = []             # restrict to these categories (default: all 11)
 tokenizer = "gpt2"          # tiktoken encoding; r50k_base has identical ranks and works offline
 num_proc = 0                # tokenizer threads; 0 = all cores
-batch_docs = 64             # documents per tokenizer batch
+batch_docs = 256            # documents read from the dataset at a time
 # synthetic
 n_components = 5            # number of chains (up to 11)
 synth_vocab = 64            # chain states; EOT is token synth_vocab
@@ -141,6 +143,17 @@ def to_category(label, names):
     return names[int(label)]
 
 
+def ordered_map(pool, fn, items, inflight):
+    """pool.map in input order with at most `inflight` tasks pending (bounded memory)."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= inflight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def tokenize_arxiv(cfg, out):
     import tiktoken
     from tqdm import tqdm
@@ -157,25 +170,34 @@ def tokenize_arxiv(cfg, out):
     if unknown:
         raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                         f"{', '.join(unknown)}; valid: {', '.join(names)}")
+    if enc.n_vocab > 65536:
+        raise UserError(f"tokenizer '{cfg.tokenizer}' has {enc.n_vocab:,} tokens, more than uint16 "
+                        f"holds; use a GPT-2-sized one (--tokenizer=gpt2 or r50k_base)")
+
+    def encode(text):     # in a worker thread: tiktoken releases the GIL, numpy out, EOT appended
+        return np.append(enc.encode_to_numpy(text, disallowed_special=()), eot).astype(np.uint16)
+
     threads = cfg.num_proc or os.cpu_count()
     splits = {c: {} for c in wanted}
-    for split, hf_split in HF_SPLITS.items():
-        ds = loaded[hf_split]
-        writers = {c: SplitWriter(os.path.join(out, c), split) for c in wanted}
-        bar = tqdm(total=len(ds), desc=f"tokenize {split}", unit="doc", file=sys.stderr,
-                   disable=None)
-        for batch in ds.iter(batch_size=cfg.batch_docs):
-            cats = [to_category(label, names) for label in batch["label"]]
-            keep = [i for i, c in enumerate(cats) if c in writers]
-            encoded = enc.encode_ordinary_batch([batch["text"][i] for i in keep],
-                                                num_threads=threads)
-            for i, tokens in zip(keep, encoded):
-                tokens.append(eot)
-                writers[cats[i]].add(tokens)
-            bar.update(len(cats))
-        bar.close()
-        for c, w in writers.items():
-            splits[c][split] = w.close()
+    with ThreadPoolExecutor(threads) as pool:
+        for split, hf_split in HF_SPLITS.items():
+            ds = loaded[hf_split]
+            writers = {c: SplitWriter(os.path.join(out, c), split) for c in wanted}
+            docs = ((to_category(label, names), text)
+                    for batch in ds.iter(batch_size=cfg.batch_docs)
+                    for text, label in zip(batch["text"], batch["label"]))
+            docs = ((c, text) for c, text in docs if c in writers)
+            bar = tqdm(total=len(ds), desc=f"tokenize {split}", unit="doc", file=sys.stderr,
+                       disable=None)
+            # documents stream through one pool in order, with no barrier between batches: the
+            # main thread only writes, and the whole corpus is never in memory
+            for c, tokens in ordered_map(pool, lambda item: (item[0], encode(item[1])), docs,
+                                         inflight=4 * threads):
+                writers[c].add(tokens)
+                bar.update(1)
+            bar.close()
+            for c, w in writers.items():
+                splits[c][split] = w.close()
     # a local sample may hold only some categories: keep those with documents in every split
     empty = [c for c in wanted if any(splits[c][s]["docs"] == 0 for s in SPLITS)]
     if empty and cfg.categories:

@@ -85,8 +85,9 @@ OPERATIONAL_KEYS = {"device", "compile", "gpu_resident", "cpu_threads", "log_int
 
 class Mixture:
     """
-    One flat token buffer holding the run's documents, each preceded by an EOT separator (its
-    context start), plus WINDOW tokens of padding so every window gather stays in bounds.
+    One flat token buffer holding the run's documents, each preceded by an EOT (its context
+    start: the previous document's closing EOT, or a separator at the start and after a document
+    cut to fit a quota), plus WINDOW tokens of padding so every window gather stays in bounds.
     doc_start/doc_end index the buffer; doc_comp says which component a document came from.
     """
 
@@ -103,11 +104,14 @@ class Mixture:
                 if taken == quota:
                     break
                 length = min(int(offsets[d + 1] - offsets[d]), quota - taken)  # last doc cut
-                pieces += [np.array([eot], dtype=np.uint16), tokens[offsets[d]:offsets[d] + length]]
-                starts.append(position + 1)
-                ends.append(position + 1 + length)
+                if not pieces or pieces[-1][-1] != eot:     # a separator, unless the previous
+                    pieces.append(np.array([eot], dtype=np.uint16))    # document ended with one
+                    position += 1
+                pieces.append(tokens[offsets[d]:offsets[d] + length])
+                starts.append(position)
+                ends.append(position + length)
                 comps.append(c)
-                position += 1 + length
+                position += length
                 taken += length
             n_docs.append(len(comps) - sum(n_docs))
         pieces.append(np.full(WINDOW, eot, dtype=np.uint16))

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny datasets the tests make themselves (no network, seconds on CPU)."""
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -9,6 +10,9 @@ sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 TIKTOKEN_CACHE = os.path.join(SHARED, "tiktoken")
 REALTEXT = os.path.join(SHARED, "realtext")
+
+# keep the Arrow copies that `datasets` makes of local files out of the user's ~/.cache
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-test-")
 
 import prepare  # noqa: E402
 
