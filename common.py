@@ -52,13 +52,15 @@ def config_defaults(module_globals):
             and isinstance(v, plain)}
 
 
-def _coerce(key, value, default, valid):
+def _coerce(key, value, default):
     """Check an override against the default's type; the message names the key and the type."""
     if default is None or value is None:
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
+        if value in (0, 1):                                   # --compile=0
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
     elif isinstance(default, int):
@@ -95,7 +97,7 @@ def configure(defaults, argv):
     def set_key(key, value, where):
         if key not in defaults:
             raise UserError(f"unknown config key '{key}' ({where}); valid keys: {valid}")
-        config[key] = _coerce(key, value, defaults[key], valid)
+        config[key] = _coerce(key, value, defaults[key])
 
     for arg in argv:
         if not arg.startswith("--"):
@@ -177,6 +179,19 @@ def stable_hash(text):
     return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
 
 
+def read_log(path):
+    """log.jsonl entries; a torn last line (a run killed mid-write) is skipped, not fatal."""
+    entries = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return entries
+
+
 def file_sha(path, n=1 << 20):
     """sha1 of a file (for fingerprints: meta.json, eval sets)."""
     h = hashlib.sha1()
@@ -216,15 +231,37 @@ def resolve_device(name):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
+
+
+def batched_losses(model, x, y, device, batch_size, autocast):
+    """Per-token losses (float32 numpy) of windows x -> y, a batch at a time, in inference mode."""
+    import torch
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[i:i + batch_size]).to(device)
+            yb = torch.from_numpy(y[i:i + batch_size]).to(device)
+            with autocast:
+                out.append(model(xb, yb).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def logits_batch(vocab_size):
+    """Windows per forward pass that keep the float32 logits near 1 GB."""
+    return max(1, (1 << 28) // (BLOCK * vocab_size))
 
 
 def autocast_for(device, dtype):
     """bf16/fp16 autocast on CUDA (losses are computed in float32 regardless); none on CPU."""
     import torch
-    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    # no float16: it needs loss scaling, which bf16 (same speed on Ampere and later) does not
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
     if dtype not in dtypes:
-        raise UserError(f"dtype={dtype!r}: use bfloat16, float16 or float32")
+        raise UserError(f"dtype={dtype!r}: use bfloat16 or float32")
     if device.type == "cuda" and dtypes[dtype] != torch.float32:
         return torch.autocast("cuda", dtype=dtypes[dtype])
     return torch.autocast(device.type, enabled=False)

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (BLOCK, Dataset, UserError, atomic_path, autocast_for, config_defaults, configure,
-                    file_sha, fixed_windows, gather_windows, read_json, resolve_device, run_cli,
-                    write_json)
+from common import (BLOCK, Dataset, UserError, atomic_path, autocast_for, batched_losses,
+                    config_defaults, configure, file_sha, fixed_windows, gather_windows, logits_batch,
+                    read_json, resolve_device, run_cli, write_json)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -32,7 +32,8 @@ batch_size = 0              # windows per forward pass; 0 = as many as keep the 
                             # near 1 GB (about 50 windows at GPT-2's vocabulary, 40k at 64 states)
 device = "auto"
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default (the CPU sweep uses 1 per run)
-dtype = "bfloat16"          # autocast on CUDA; losses are always computed in float32
+dtype = "float32"           # "bfloat16" autocasts on CUDA: faster, but rounds the logits (~0.06 at
+                            # |logit| 10), noise next to per-position excesses of ln K / 100
 force = False               # re-evaluate runs that already have eval.json
 # -----------------------------------------------------------------------------
 LN2 = np.log(2.0)
@@ -84,21 +85,10 @@ def bayes_losses(windows, transition, stationary, prior):
 
 # -----------------------------------------------------------------------------
 
-@torch.inference_mode()
-def model_losses(model, x, y, device, batch_size, autocast):
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i:i + batch_size]).to(device)
-        yb = torch.from_numpy(y[i:i + batch_size]).to(device)
-        with autocast:
-            out.append(model(xb, yb).float().cpu())
-    return torch.cat(out).numpy().astype(np.float32)
-
-
 def load_run(run_dir, dataset_cache, device):
     """Check a run folder, load its model and dataset; one-line errors for what is wrong."""
     config_path, ckpt_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "ckpt.pt")
-    if not os.path.exists(config_path):
+    if not os.path.isdir(run_dir) or not os.path.exists(config_path):
         raise UserError(f"{run_dir} is not a run folder (no config.json); train one with "
                         f"`python train.py config/<config>.py`")
     saved = read_json(config_path)
@@ -111,6 +101,9 @@ def load_run(run_dir, dataset_cache, device):
     if data_dir not in dataset_cache:
         dataset_cache[data_dir] = Dataset(data_dir)
     dataset = dataset_cache[data_dir]
+    if saved["dataset"]["meta_sha"] != dataset.meta_sha:
+        raise UserError(f"{run_dir} was trained on a different build of {data_dir} (meta.json changed "
+                        f"since); evaluate it on the data it was trained on, or retrain it")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model_config = GPTConfig(vocab_size=dataset.vocab_size, block_size=cfg["block_size"],
                              n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
@@ -136,20 +129,22 @@ def summarise(losses):
 def evaluate_run(run_dir, cfg, dataset_cache, device):
     eval_json = os.path.join(run_dir, "eval.json")
     if os.path.exists(eval_json) and not cfg.force:
-        print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
-        return read_json(eval_json)
+        previous = read_json(eval_json)
+        if (previous["evalset"]["n_windows"], previous["evalset"]["seed"]) == (cfg.eval_windows, cfg.eval_seed):
+            print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
+            return previous
     t0 = time.time()
     saved, dataset, model, step = load_run(run_dir, dataset_cache, device)
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
     names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
     chains = dataset.chains()
     autocast = autocast_for(device, cfg.dtype)
-    batch_size = cfg.batch_size or max(1, (1 << 28) // (BLOCK * model.config.padded_vocab))
+    batch_size = cfg.batch_size or logits_batch(model.config.padded_vocab)
     arrays, categories = {}, {}
     for cat in dataset.components:
         starts, docs = evalset[cat]
         x, y = gather_windows(dataset.tokens(cat, "test"), starts, np.full(len(starts), BLOCK))
-        losses = model_losses(model, x, y, device, batch_size, autocast)
+        losses = batched_losses(model, x, y, device, batch_size, autocast)
         arrays[f"model:{cat}"], arrays[f"doc:{cat}"] = losses, docs
         entry = {"n_windows": len(starts), "n_docs": int(len(np.unique(docs))),
                  "in_mixture": cat in names, **summarise(losses)}
@@ -188,18 +183,25 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
 
 
 def main(argv):
-    runs = [a for a in argv if not a.startswith("--") and os.path.isdir(a)]
-    options = [a for a in argv if a not in runs]
-    cfg = SimpleNamespace(**configure(config_defaults(globals()), options))
+    runs = [a for a in argv if not a.startswith("--")]
+    cfg = SimpleNamespace(**configure(config_defaults(globals()), [a for a in argv if a.startswith("--")]))
     if not runs:
         raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
                         "(`ls out/` lists them)")
     device = resolve_device(cfg.device)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    dataset_cache = {}
+    dataset_cache, failed = {}, []
     for run_dir in runs:
-        evaluate_run(run_dir, cfg, dataset_cache, device)
+        try:
+            evaluate_run(run_dir, cfg, dataset_cache, device)
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            print(f"skipped: {e}")        # one bad folder does not stop a batch
+            failed.append(run_dir)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(runs)} folders were not evaluated (see 'skipped:' above)")
 
 
 if __name__ == "__main__":

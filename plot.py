@@ -16,7 +16,6 @@ Comparisons between K values are paired on those windows.
 """
 import csv
 import io
-import json
 import math
 import os
 import warnings
@@ -29,7 +28,7 @@ import matplotlib.pyplot as plt
 from scipy import optimize, sparse, stats
 
 from common import (BLOCK, UserError, atomic_write_bytes, config_defaults, configure, read_json,
-                    run_cli, write_json)
+                    read_log, run_cli, write_json)
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
@@ -275,18 +274,6 @@ def fit_position_curve(xe_t, se_t=None):
 # -----------------------------------------------------------------------------
 # loading runs
 
-def read_log(path):
-    """log.jsonl entries; a half-written last line (run still going) is skipped."""
-    entries = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return entries
-
 
 def load_runs(out_dir):
     """Evaluated runs (sorted by K, seed, name) and {name: why} for folders that are not."""
@@ -341,7 +328,7 @@ def stack_view(cell, categories, kind="model"):
         values = np.stack([np.concatenate([r["arrays"][f"{kind}:{c}"] for c in categories]) for r in cell])
     except ValueError:
         raise UserError(f"runs {', '.join(r['name'] for r in cell)} were scored on different evaluation "
-                        f"windows; re-run `python evaluate.py` on them so they share the fixed set")
+                        f"windows; re-run `python evaluate.py <run> --force` on them so they share the fixed set")
     docs = [cell[0]["arrays"][f"doc:{c}"].astype(np.int64) for c in categories]
     span = max(int(d.max()) for d in docs) + 1            # documents of different categories differ
     return values, np.concatenate([i * span + d for i, d in enumerate(docs)])
@@ -427,7 +414,7 @@ def analyse_group(runs, first, top5, cfg):
         est, reps = bootstrap_paired_difference(area_parts(model[k]), area_parts(model[ref]),
                                                 docs, cfg.n_boot, cfg.boot_seed)
         area = {"model": interval(est[0], reps[:, 0]), "identification": interval(est[1], reps[:, 1]),
-                "bound": math.log(k / ref)}
+                "bound": math.log(k)}     # Bayes_K - Bayes_ref <= (Bayes_K - oracle) <= ln K
         bayes = losses["bayes"]
         if bayes[k] is not None and bayes[ref] is not None:
             est, reps = bootstrap_paired_difference(area_parts(bayes[k]), area_parts(bayes[ref]), docs,
@@ -927,7 +914,7 @@ def main(argv):
         common = max(set(shas), key=shas.count)
         for r in [r for r in runs if r["eval"]["dataset"] == dataset and r["eval"].get("evalset", {}).get("sha") != common]:
             skipped[r["name"]] = (f"evaluated on a different evaluation set than the other {dataset} runs; "
-                                  f"re-run `python evaluate.py {r['dir']}`")
+                                  f"re-run `python evaluate.py {r['dir']} --force`")
             runs.remove(r)
     print(f"{len(runs)} evaluated run(s) in {cfg.out}/" + (f", {len(skipped)} skipped" if skipped else ""))
     groups = {}

@@ -253,6 +253,10 @@ def sample_docs(rng, transition, stationary, lengths):
 def write_synthetic(cfg, out):
     if not 1 <= cfg.n_components <= 11:
         raise UserError(f"n_components={cfg.n_components}: use 1 to 11 synthetic components")
+    if len(cfg.doc_tokens) != 2 or not 1 <= cfg.doc_tokens[0] <= cfg.doc_tokens[1]:
+        raise UserError(f"doc_tokens={cfg.doc_tokens}: give a range (min, max), e.g. --doc_tokens=1000,4000")
+    if len(cfg.split_tokens) != 3:
+        raise UserError(f"split_tokens={cfg.split_tokens}: give train, val, test token counts")
     rng = np.random.default_rng(cfg.seed)
     eot = cfg.synth_vocab
     names = [f"chain{i}" for i in range(cfg.n_components)]

@@ -29,7 +29,7 @@ if [[ $MODE == arxiv ]]; then
   PREPARE_ARGS=${PREPARE_ARGS:-""}            # e.g. "--data_files=/path/to/no_ref"
   BASE_CONFIG=""
 else
-  SIZES=${SIZES:-"synthetic"}                 # the synthetic config carries its own model size
+  SIZES="synthetic"                           # the synthetic config carries its own model size
   DATA=${DATA:-data/synthetic}
   PREPARE_ARGS=${PREPARE_ARGS:-""}
   BASE_CONFIG="config/synthetic.py"
@@ -102,7 +102,11 @@ run_one() {   # size k seed slot
   local name="$(basename "$DATA")_k${k}_${size}_s${seed}"
   [[ $MODE == synthetic ]] && name="$(basename "$DATA")_k${k}_s${seed}"
   local dir="$OUT/$name"
-  if [[ $N_GPUS -gt 1 ]]; then export CUDA_VISIBLE_DEVICES=$((slot % N_GPUS)); fi
+  if [[ $N_GPUS -gt 1 ]]; then          # one GPU per slot, from the list the user gave, if any
+    local gpus
+    IFS=, read -r -a gpus <<<"${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((N_GPUS - 1)))}"
+    export CUDA_VISIBLE_DEVICES=${gpus[$((slot % ${#gpus[@]}))]}
+  fi
   if [[ -f "$dir/eval.json" ]]; then
     say "$name: finished and evaluated, skipped"; return 0
   fi

@@ -24,9 +24,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (BLOCK, WINDOW, Dataset, UserError, atomic_path, autocast_for, config_defaults,
-                    configure, doc_windows, fixed_windows, gather_windows, provenance, read_json,
-                    resolve_device, run_cli, stable_hash, write_json)
+from common import (BLOCK, WINDOW, Dataset, UserError, atomic_path, autocast_for, batched_losses,
+                    config_defaults, configure, doc_windows, fixed_windows, gather_windows,
+                    logits_batch, provenance, read_json, read_log, resolve_device, run_cli,
+                    stable_hash, write_json)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -45,7 +46,7 @@ run_name = ""               # default: <dataset>_k<K>_<size>_s<seed>
 out_dir = ""                # default: out/<run_name>
 device = "auto"             # "auto", "cpu", "cuda", "cuda:1"
 compile = True              # torch.compile (CUDA only; CPU runs eager)
-dtype = "bfloat16"          # autocast dtype on CUDA ("bfloat16", "float16", "float32"); CPU: float32
+dtype = "bfloat16"          # autocast dtype on CUDA ("bfloat16" or "float32"); CPU: float32
 gpu_resident = True         # keep the mixture's tokens on the GPU and gather windows there
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default. Tiny models run fastest
                             # on 1 thread (and the synthetic sweep then trains runs side by side)
@@ -92,7 +93,6 @@ class Mixture:
     """
 
     def __init__(self, dataset, names, quotas, seed):
-        self.names, self.quotas = list(names), list(quotas)
         pieces, starts, ends, comps, n_docs = [], [], [], [], []
         position, eot = 0, dataset.eot
         for c, (name, quota) in enumerate(zip(names, quotas)):
@@ -275,22 +275,12 @@ def size_label(cfg):
     return f"{cfg.n_layer}L-{cfg.n_embd}d"
 
 
-def read_log(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-@torch.no_grad()
-def validation_loss(model, sources, autocast):
+def validation_loss(model, windows, device, autocast):
     """Mean loss on the fixed validation windows, per component."""
     model.eval()
-    result = {}
-    for name, (x, y) in sources.items():
-        with autocast:
-            losses = model(x, y)
-        result[name] = float(losses.mean())
+    batch = logits_batch(model.config.padded_vocab)
+    result = {name: float(batched_losses(model, x, y, device, batch, autocast).mean())
+              for name, (x, y) in windows.items()}
     model.train()
     return result
 
@@ -304,6 +294,21 @@ def main(argv):
                         f"so block_size is fixed at {BLOCK}")
     if not 1 <= cfg.epochs <= 100:
         raise UserError(f"epochs={cfg.epochs}: use a positive number of epochs (3 to 5 intended)")
+    for key in ("batch_size", "n_layer", "n_head", "n_embd", "log_interval", "eval_interval",
+                "ckpt_interval", "val_windows"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key}={getattr(cfg, key)}: must be a positive integer")
+    if cfg.token_budget < 0:
+        raise UserError(f"token_budget={cfg.token_budget}: use a positive number, or 0 for the default")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"n_embd={cfg.n_embd} is not a multiple of n_head={cfg.n_head}")
+    if cfg.wandb_log:
+        try:
+            import importlib
+            importlib.import_module("wandb")
+        except ImportError:
+            raise UserError("wandb_log=True but wandb is not installed: `pip install wandb`, "
+                            "or drop --wandb_log")
 
     # distributed setup: torchrun sets RANK/WORLD_SIZE; each rank takes its share of every step
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -334,7 +339,11 @@ def main(argv):
             f"(delete the folder to train it again)")
         return
     if os.path.exists(paths.config):
-        saved = read_json(paths.config)["config"]
+        saved_run = read_json(paths.config)
+        if saved_run["dataset"]["meta_sha"] != dataset.meta_sha:
+            raise UserError(f"{cfg.out_dir} was started on a different build of {cfg.data_dir} "
+                            f"(meta.json changed since); delete {cfg.out_dir} to train it afresh")
+        saved = saved_run["config"]
         changed = [k for k in saved if k not in OPERATIONAL_KEYS and saved[k] != vars(cfg).get(k)]
         if changed:
             k0 = changed[0]
@@ -358,11 +367,10 @@ def main(argv):
     total_steps = cfg.epochs * plan.steps_per_epoch
     on_device = is_cuda and cfg.gpu_resident
     source = WindowSource(mixture.tokens, device, on_device)
-    val_sources = {}
+    val_windows = {}
     for name in names:
         starts, _ = fixed_windows(dataset, name, "val", cfg.val_windows, seed=0)
-        x, y = gather_windows(dataset.tokens(name, "val"), starts, np.full(len(starts), BLOCK))
-        val_sources[name] = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+        val_windows[name] = gather_windows(dataset.tokens(name, "val"), starts, np.full(len(starts), BLOCK))
 
     model = GPT(GPTConfig(vocab_size=dataset.vocab_size, block_size=BLOCK, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
@@ -371,13 +379,15 @@ def main(argv):
                                           (cfg.beta1, cfg.beta2), fused=is_cuda)
     step, tokens_seen = 0, np.zeros(len(names), dtype=np.int64)
     if os.path.exists(paths.ckpt):
-        ckpt = torch.load(paths.ckpt, map_location=device, weights_only=False)
+        # loaded on the CPU: RNG states must stay CPU byte tensors; the optimizer state follows
+        # its parameters to the device in load_state_dict
+        ckpt = torch.load(paths.ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, tokens_seen = ckpt["step"], np.array(ckpt["tokens_seen"], dtype=np.int64)
         torch.set_rng_state(ckpt["rng_cpu"])
         if is_cuda and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
         log(f"resuming {cfg.out_dir} from step {step:,}/{total_steps:,}")
     flops_per_token = model.flops_per_token()
     n_params = model.n_params()
@@ -469,10 +479,12 @@ def main(argv):
             tokens_interval += total_targets
 
             stopping = stop["signal"] is not None
-            if ddp:
-                flag = torch.tensor([float(stopping)], device=device)
-                torch.distributed.all_reduce(flag)
-                stopping = flag.item() > 0
+            if ddp:   # ranks agree to stop at the same step; only at log steps, to sync rarely
+                stopping = False
+                if step % cfg.log_interval == 0:
+                    flag = torch.tensor([float(stop["signal"] is not None)], device=device)
+                    torch.distributed.all_reduce(flag)
+                    stopping = flag.item() > 0
             checkpoint_now = step % cfg.ckpt_interval == 0 or step == total_steps or stopping
             logging_now = step % cfg.log_interval == 0 or step == total_steps
             if logging_now or checkpoint_now:
@@ -492,7 +504,7 @@ def main(argv):
             if logging_now:
                 now = time.time()
                 tok_per_s = tokens_interval / max(now - t_interval, 1e-9)
-                mfu = flops_per_token * tok_per_s / peak if peak else 0.0
+                mfu = flops_per_token * tok_per_s / (peak * world) if peak else 0.0
                 eta = (now - t_start) / max(step - step_start, 1) * (total_steps - step)
                 write_log({"kind": "train", "step": step, "epoch": epoch, "loss": round(loss_value, 6),
                            "lr": lr, "tokens": int(tokens_seen.sum()), "tok_per_s": round(tok_per_s),
@@ -502,7 +514,7 @@ def main(argv):
                     f"{100 * mfu:.1f}% | ETA {_duration(eta)}")
                 t_interval, tokens_interval = now, 0
             if step % cfg.eval_interval == 0 or step == total_steps:
-                val = validation_loss(raw_model, val_sources, autocast)
+                val = validation_loss(raw_model, val_windows, device, autocast)
                 val_loss = float(np.mean(list(val.values())))
                 write_log({"kind": "val", "step": step, "tokens": int(tokens_seen.sum()),
                            "val_loss": round(val_loss, 6), "val_loss_per_component":

@@ -144,7 +144,7 @@ def test_eval_set_is_shared_and_spread_over_documents(tiny_synthetic):
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_unfinished_run_names_the_command(tiny_synthetic, tmp_path, monkeypatch):
+def test_unfinished_run_names_the_command(tiny_synthetic, trained_run, tmp_path):
     out = str(tmp_path / "unfinished")
     train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={out}", *TINY_RUN])
     os.remove(os.path.join(out, "done"))
@@ -152,6 +152,12 @@ def test_unfinished_run_names_the_command(tiny_synthetic, tmp_path, monkeypatch)
         evaluate.main([out, *EVAL])
     with pytest.raises(UserError, match="not a run folder"):
         evaluate.main([str(tmp_path), *EVAL])
+    with pytest.raises(UserError, match="not a run folder"):
+        evaluate.main([str(tmp_path / "typo"), *EVAL])
+    # in a batch, a bad folder is reported and skipped, the others are still evaluated
+    (tmp_path / "sweep.log").write_text("not a run\n")
+    with pytest.raises(UserError, match="1 of 2 folders were not evaluated"):
+        evaluate.main([str(tmp_path / "sweep.log"), trained_run, *EVAL])
     with pytest.raises(UserError, match="name the run folders"):
         evaluate.main(EVAL)
 
@@ -163,6 +169,10 @@ def test_checkpoint_that_does_not_match_the_data(tiny_synthetic, tmp_path):
     config_path = os.path.join(out, "config.json")
     saved = json.load(open(config_path))
     saved["config"]["data_dir"] = tiny_synthetic               # point it at the wrong dataset
+    json.dump(saved, open(config_path, "w"))
+    with pytest.raises(UserError, match="different build"):
+        evaluate.main([out, *EVAL])
+    saved["dataset"]["meta_sha"] = Dataset(tiny_synthetic).meta_sha     # even if it claims to match
     json.dump(saved, open(config_path, "w"))
     with pytest.raises(UserError, match="does not match"):
         evaluate.main([out, *EVAL])

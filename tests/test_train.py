@@ -250,6 +250,11 @@ def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
     (["--weights=[1,2]", "--k=3"], "weights="),
     (["--block_size=64"], "block_size is fixed"),
     (["config/does_not_exist.py"], "not found"),
+    (["--batch_size=0"], "batch_size=0"),
+    (["--n_embd=30", "--n_head=4"], "not a multiple of n_head"),
+    (["--token_budget=-5"], "token_budget=-5"),
+    (["--device=gpu"], "device='gpu'"),
+    (["--dtype=float16"], "use bfloat16 or float32"),
 ])
 def test_bad_config_gives_one_clear_message(tiny_synthetic, tmp_path, args, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
@@ -262,6 +267,31 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "python prepare.py --source=synthetic" in lines[0]
+
+
+def test_torn_log_line_and_rebuilt_data_on_resume(tiny_synthetic, tmp_path):
+    args = ["--token_budget=2000", "--epochs=2", "--ckpt_interval=3"]
+    out = tmp_path / "torn"
+    run_train(tiny_synthetic, out, *args)
+    os.remove(out / "done")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    ckpt["step"] = 3                                   # pretend it died after step 3's checkpoint...
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 9')          # ...in the middle of writing a log line
+    torch.save(ckpt, out / "ckpt.pt")
+    run_train(tiny_synthetic, out, *args)              # resumes instead of failing on the log
+    assert os.path.exists(out / "done")
+    assert [r["step"] for r in read_log(out) if r["kind"] == "train"][-1] == read(out / "done")["steps"]
+    # a run started on one build of the data is not resumed on another
+    os.remove(out / "done")
+    meta_path = os.path.join(tiny_synthetic, "meta.json")
+    config = read(out / "config.json")
+    config["dataset"]["meta_sha"] = "0" * 40
+    with open(out / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(UserError, match="different build"):
+        run_train(tiny_synthetic, out, *args)
+    assert os.path.exists(meta_path)
 
 
 def test_changed_config_on_existing_run_is_refused(tiny_synthetic, tmp_path):
