@@ -76,8 +76,8 @@ def _coerce(key, value, default):
             return type(default)(value)
         if isinstance(value, str):                            # --components=cs.DS,math.ST
             return type(default)(s.strip() for s in value.split(",") if s.strip())
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return type(default)([value])                     # --weights=1 -> [1]
+        if isinstance(default, list) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [value]                                    # --weights=1 -> [1]
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -93,6 +93,11 @@ def configure(defaults, argv):
     """
     config = dict(defaults)
     valid = ", ".join(sorted(defaults))
+    if "--help" in argv or "-h" in argv:
+        script = os.path.basename(sys.argv[0])
+        print(f"usage: python {script} [config/<file>.py ...] [--key=value ...]\nkeys and defaults:\n"
+              + "\n".join(f"  --{key}={value!r}" for key, value in sorted(defaults.items())))
+        sys.exit(0)
 
     def set_key(key, value, where):
         if key not in defaults:

@@ -157,12 +157,17 @@ def ordered_map(pool, fn, items, inflight):
 def tokenize_arxiv(cfg, out):
     import tiktoken
     from tqdm import tqdm
-    loaded, origin = load_arxiv(cfg)
-    try:
+    if cfg.data_files:
+        resolve_data_files(cfg.data_files)  # cheap checks first: bad paths, then the tokenizer,
+    try:                                    # then the (1 GB, for the hub) load
         enc = tiktoken.get_encoding(cfg.tokenizer)
     except Exception as e:
         raise UserError(f"tiktoken encoding '{cfg.tokenizer}' unavailable ({e}); offline, set "
                         f"TIKTOKEN_CACHE_DIR to a cache holding it or use --tokenizer=r50k_base")
+    if enc.n_vocab > 65536:
+        raise UserError(f"tokenizer '{cfg.tokenizer}' has {enc.n_vocab:,} tokens, more than uint16 "
+                        f"holds; use a GPT-2-sized one (--tokenizer=gpt2 or r50k_base)")
+    loaded, origin = load_arxiv(cfg)
     eot = enc.eot_token
     names = label_names(loaded["train"])
     wanted = list(cfg.categories) or names
@@ -170,9 +175,6 @@ def tokenize_arxiv(cfg, out):
     if unknown:
         raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                         f"{', '.join(unknown)}; valid: {', '.join(names)}")
-    if enc.n_vocab > 65536:
-        raise UserError(f"tokenizer '{cfg.tokenizer}' has {enc.n_vocab:,} tokens, more than uint16 "
-                        f"holds; use a GPT-2-sized one (--tokenizer=gpt2 or r50k_base)")
 
     def encode(text):     # in a worker thread: tiktoken releases the GIL, numpy out, EOT appended
         return np.append(enc.encode_to_numpy(text, disallowed_special=()), eot).astype(np.uint16)
@@ -183,18 +185,17 @@ def tokenize_arxiv(cfg, out):
         for split, hf_split in HF_SPLITS.items():
             ds = loaded[hf_split]
             writers = {c: SplitWriter(os.path.join(out, c), split) for c in wanted}
+            bar = tqdm(total=len(ds), desc=f"tokenize {split}", unit="doc", file=sys.stderr,
+                       disable=None)
             docs = ((to_category(label, names), text)
                     for batch in ds.iter(batch_size=cfg.batch_docs)
                     for text, label in zip(batch["text"], batch["label"]))
-            docs = ((c, text) for c, text in docs if c in writers)
-            bar = tqdm(total=len(ds), desc=f"tokenize {split}", unit="doc", file=sys.stderr,
-                       disable=None)
+            docs = ((c, text) for c, text in docs if bar.update(1) or c in writers)
             # documents stream through one pool in order, with no barrier between batches: the
             # main thread only writes, and the whole corpus is never in memory
             for c, tokens in ordered_map(pool, lambda item: (item[0], encode(item[1])), docs,
                                          inflight=4 * threads):
                 writers[c].add(tokens)
-                bar.update(1)
             bar.close()
             for c, w in writers.items():
                 splits[c][split] = w.close()

@@ -1,0 +1,478 @@
+"""
+Benchmarks for the harness (DESIGN.md section 9). Each comparison runs side by side in one
+process on the same inputs; absolute numbers go in BENCHMARKS.md with the machine named.
+
+    python bench.py                           # prepare, train and data, defaults for the device
+    python bench.py --what=prepare            # or train, data
+    python bench.py --what=train --sizes=tiny,small,medium --steps=100
+    python bench.py --json=bench.json         # also append the results to a JSON file (a list)
+
+prepare  builds a >= 100 MB corpus from the real sample (../shared/realtext, every copy after
+         the first with each document's sentences shuffled) as local parquet files in the
+         dataset's schema; times bare tiktoken (encode_ordinary_batch on the texts in memory)
+         against prepare.py end to end; times prepare's two kinds of work apart (the pool's
+         encoding, the main thread's reading and writing); estimates the full corpus per core count.
+train    tokens/s, MFU and the data path's share of a training step, per model size.
+data     per-batch time of a nanoGPT-style loader against common.gather_windows and
+         train.WindowSource, on the same windows.
+
+Timings are wall clock on a machine other processes may share: candidates are interleaved, the
+best of repeats (or the median step) is kept, and the load average is printed with the results.
+"""
+import contextlib
+import io
+import json as _json
+import math
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from common import (BLOCK, WINDOW, UserError, config_defaults, configure, gather_windows, run_cli,
+                    write_json)
+
+# -----------------------------------------------------------------------------
+# config (module globals are the defaults; override with a config file or --key=value)
+what = "all"                # "prepare", "train", "data" or "all"
+json = ""                   # also append this run's results to a JSON file
+seed = 1337
+work_dir = ""               # scratch folder (default: a temporary folder, removed at the end)
+device = "auto"             # train benchmark: "auto", "cpu", "cuda"
+# prepare
+realtext = ""               # real sample in the dataset's schema (default ../shared/realtext)
+corpus_mb = 100             # MB of text to build from it
+tokenizer = "r50k_base"     # the same ranks as gpt2, available offline
+threads = []                # bare-tokenizer thread counts (default 1 and all cores); prepare.py
+                            # runs with the most
+repeats = 2                 # interleaved runs of the bare tokenizer and the pipeline; best kept
+full_corpus_tokens = 600_000_000    # the full arXiv corpus, for the estimate
+# train
+sizes = []                  # synthetic, tiny, small, medium or "<L>L-<d>d-<h>h[-v<vocab>]"
+                            # (default: CUDA tiny,small,medium; CPU synthetic,tiny)
+batch_size = 0              # windows of 100 targets per step (0: 64 on CUDA, 16 on CPU)
+warmup_steps = 0            # untimed steps first (0: 10 on CUDA, for compilation; 2 on CPU)
+steps = 0                   # timed steps, median reported (0: 50 on CUDA, 10 on CPU)
+compile = True              # torch.compile on CUDA (CPU runs eager, as train.py does)
+dtype = "bfloat16"          # autocast dtype on CUDA
+train_tokens = 0            # token buffer the windows come from (0: 50M on CUDA, 4M on CPU)
+# data
+data_tokens = 50_000_000    # random uint16 memmap (a temp file), about the real budget
+data_batch = 64             # windows per batch
+data_iters = 500            # batches per timing round
+data_rounds = 5             # rounds (loaders interleaved); best and median round reported
+# -----------------------------------------------------------------------------
+
+SIZES = {"synthetic": (2, 4, 64, 65), "tiny": (4, 4, 256, 50257),
+         "small": (6, 6, 384, 50257), "medium": (8, 8, 512, 50257)}
+
+
+def table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def cpu_name():
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    return platform.processor() or platform.machine()
+
+
+def timed(fn, *args):
+    """(result, wall seconds, CPU seconds of this process over all its threads)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - t0, time.process_time() - c0
+
+
+# -----------------------------------------------------------------------------
+# prepare: bare tiktoken against prepare.py on the same >= 100 MB of text
+
+def build_corpus(src, dst, target_mb, seed):
+    """train/validation/test.parquet in the dataset's schema (text, ClassLabel label), the sample
+    replicated to target_mb of text; every copy after the first shuffles each document's sentences.
+    Returns (copies, all texts in split order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(seed)
+    tables = {s: pq.read_table(os.path.join(src, f"{s}.parquet")) for s in ("train", "validation", "test")}
+    size = sum(len(t.encode()) for tb in tables.values() for t in tb.column("text").to_pylist())
+    copies = max(1, math.ceil(target_mb * 1e6 / size))
+    os.makedirs(dst, exist_ok=True)
+    texts = []
+    for split, tb in tables.items():
+        labels = tb.column("label").to_pylist()
+        sentences = [re.split(r"(?<=[.!?]) ", t) for t in tb.column("text").to_pylist()]
+        out = [" ".join(p if copy == 0 else [p[i] for i in rng.permutation(len(p))])
+               for copy in range(copies) for p in sentences]
+        pq.write_table(pa.table({"text": pa.array(out, pa.string()),
+                                 "label": pa.array(labels * copies, tb.schema.field("label").type)},
+                                schema=tb.schema),
+                       os.path.join(dst, f"{split}.parquet"), row_group_size=256)
+        texts += out
+    return copies, texts
+
+
+def reset_hf_cache(work):
+    import datasets
+    cache = os.path.join(work, "hf_cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    datasets.config.HF_DATASETS_CACHE = cache
+
+
+def prepare_stages(corpus, work, enc):
+    """
+    prepare.tokenize_arxiv's work split the way it runs: load_dataset first (parquet -> Arrow
+    cache, serial), then the pool's work (encode_to_numpy + EOT + uint16 per document, timed
+    here on one thread) overlapping the main thread's (reading documents from the dataset,
+    writing their tokens). Each is timed alone, on prepare's own functions.
+    """
+    import prepare
+    reset_hf_cache(work)
+    (loaded, _), t_load, _ = timed(prepare.load_arxiv, SimpleNamespace(data_files=corpus))
+    names = prepare.label_names(loaded["train"])
+    docs, t_read, _ = timed(lambda: [
+        (prepare.to_category(label, names), text) for hf_split in prepare.HF_SPLITS.values()
+        for batch in loaded[hf_split].iter(batch_size=prepare.batch_docs)
+        for text, label in zip(batch["text"], batch["label"])])
+    eot = enc.eot_token     # the worker function of prepare.tokenize_arxiv, as written there
+    encoded, t_encode, _ = timed(lambda: [
+        np.append(enc.encode_to_numpy(text, disallowed_special=()), eot).astype(np.uint16)
+        for _, text in docs])
+
+    def write():
+        writers = {c: prepare.SplitWriter(os.path.join(work, "stages", c), "train") for c in names}
+        for (c, _), tokens in zip(docs, encoded):
+            writers[c].add(tokens)
+        for w in writers.values():
+            w.close()
+    _, t_write, _ = timed(write)
+    shutil.rmtree(os.path.join(work, "stages"))
+    return {"load": t_load, "read": t_read, "encode": t_encode, "write": t_write}
+
+
+def bench_prepare(cfg, work):
+    import datasets
+    import tiktoken
+    import prepare
+    src = cfg.realtext or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "realtext")
+    if not os.path.exists(os.path.join(src, "train.parquet")):
+        raise UserError(f"no real sample in {src}; pass --realtext=<folder with train/validation/"
+                        f"test .parquet in the ccdv/arxiv-classification schema>")
+    try:
+        enc = tiktoken.get_encoding(cfg.tokenizer)
+    except Exception as e:
+        raise UserError(f"tiktoken encoding '{cfg.tokenizer}' unavailable ({e}); set "
+                        f"TIKTOKEN_CACHE_DIR to a cache holding it")
+    threads = sorted(set(cfg.threads or [1, os.cpu_count()]))
+    n = threads[-1]
+    corpus = os.path.join(work, "corpus")
+    (copies, texts), t_build, _ = timed(build_corpus, src, corpus, cfg.corpus_mb, cfg.seed)
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    print(f"corpus: {len(texts):,} documents, {mb:.1f} MB of text ({copies} copies of {src}), "
+          f"built in {t_build:.1f}s")
+
+    # interleaved, per repeat: bare(n), cold, bare(fewer threads; first repeat only), warm;
+    # other processes only ever slow a run down, so the fastest of each is kept (the first
+    # cold run also pays datasets' one-time imports)
+    datasets.disable_progress_bars()
+    out_dir = os.path.join(work, "prepared")
+    argv = [f"--data_files={corpus}", f"--tokenizer={cfg.tokenizer}", f"--data_dir={out_dir}",
+            f"--num_proc={n}", "--force"]
+    runs = {**{f"bare{t}": [] for t in threads}, "cold": [], "warm": []}   # (wall, cpu) per run
+
+    def run(key):
+        if key == "cold":
+            reset_hf_cache(work)
+        fn = ((lambda: enc.encode_ordinary_batch(texts, num_threads=int(key[4:])))
+              if key.startswith("bare") else (lambda: prepare.main(argv)))
+        with contextlib.redirect_stdout(io.StringIO()):
+            result, wall, cpu = timed(fn)
+        runs[key].append((wall, cpu))
+        return result
+
+    for r in range(cfg.repeats):
+        n_tokens = sum(len(e) for e in run(f"bare{n}"))
+        run("cold")
+        for t in threads[:-1] if r == 0 else []:
+            run(f"bare{t}")
+        run("warm")
+    best = {k: min(v) for k, v in runs.items()}
+    with open(os.path.join(out_dir, "meta.json")) as f:
+        splits = [s for per in _json.load(f)["splits"].values() for s in per.values()]
+    consistent = sum(s["tokens"] for s in splits) == n_tokens + sum(s["docs"] for s in splits)
+
+    base_wall, base_cpu = best[f"bare{n}"]
+    rows = []
+    for key, label in [*[(f"bare{t}", f"tiktoken encode_ordinary_batch, {t} thread{'s' * (t > 1)} (bare)")
+                         for t in threads],
+                       ("cold", f"prepare.py end to end, {n} threads, cold datasets cache"),
+                       ("warm", f"prepare.py end to end, {n} threads, warm datasets cache")]:
+        wall, cpu = best[key]
+        vs_bare = key in ("cold", "warm")
+        rows.append([label, f"{wall:.2f}", ", ".join(f"{w:.2f}" for w, _ in runs[key]),
+                     f"{n_tokens / wall / 1e6:.2f}", f"{mb / wall:.1f}",
+                     f"{100 * (wall / base_wall - 1):+.0f}%" if vs_bare else "", f"{cpu:.2f}",
+                     f"{100 * (cpu / base_cpu - 1):+.0f}%" if vs_bare else ""])
+    print(f"\n### prepare: {n_tokens:,} tokens, {mb:.1f} MB of text, {len(texts):,} documents; "
+          f"best wall time of the runs listed; CPU s = CPU time of that run, all threads\n")
+    print(table(["what", "seconds", "runs", "M tokens/s", "MB/s", "overhead vs bare", "CPU s",
+                 "CPU overhead"], rows))
+    print(f"\nprepare.py wrote the bare tokens plus one EOT per document: "
+          f"{'yes' if consistent else 'NO (WARNING)'}")
+
+    # the full corpus. With c cores, prepare runs c encoding threads beside its main thread, so
+    # after the serial load it takes at least the longer of all its work over c cores and the
+    # main thread's share alone (the limit on many cores)
+    st = prepare_stages(corpus, work, enc)
+    main_thread = st["read"] + st["write"]
+    print(f"\nprepare.py's work timed apart; at {n} threads the model below gives "
+          f"{max((st['encode'] + main_thread) / n, main_thread):.2f}s plus the load, against "
+          f"{best['warm'][0]:.2f}s measured with a warm cache (the rest: prepare.main's fixed costs, "
+          f"and the pool draining at the end of each split)\n")
+    print(table(["stage", "runs on", "seconds"], [
+        ["load_dataset (parquet -> Arrow cache, cold)", "main thread, before the rest", f"{st['load']:.2f}"],
+        [f"read: ds.iter(batch_size={prepare.batch_docs}) -> (category, text)", "main thread", f"{st['read']:.2f}"],
+        ["encode: encode_to_numpy + EOT + uint16", "pool (timed on 1 thread)", f"{st['encode']:.2f}"],
+        ["write: SplitWriter.add", "main thread", f"{st['write']:.2f}"]]))
+    scale = cfg.full_corpus_tokens / n_tokens
+    one = best[f"bare{threads[0]}"][0] * threads[0]      # one-thread seconds of the bare tokenizer
+    estimate = {c: (scale * one / c / 60,
+                    scale * (st["load"] + max((st["encode"] + main_thread) / c, main_thread)) / 60)
+                for c in (1, 2, 4, 8, 16, 32)}
+    print(f"\nestimated minutes for the full corpus ({cfg.full_corpus_tokens / 1e6:.0f}M tokens, "
+          f"download excluded); linear in cores, an upper bound on speed (memory bandwidth and "
+          f"all-core clocks make real scaling sublinear); prepare.py modelled as above:\n")
+    print(table(["cores", "bare encode_ordinary_batch (min)", "prepare.py modelled (min)"],
+                [[c, f"{b:.1f}", f"{p:.1f}"] for c, (b, p) in estimate.items()]))
+    if len(threads) > 1:
+        lo, hi = threads[0], threads[-1]
+        print(f"\nmeasured bare scaling {lo} -> {hi} threads: "
+              f"{best[f'bare{lo}'][0] / best[f'bare{hi}'][0]:.2f}x (linear: {hi / lo:.0f}x)")
+    return {"docs": len(texts), "mb_text": mb, "tokens": n_tokens, "copies": copies, "threads": n,
+            "runs_wall_cpu": runs, "consistent": consistent, "stages": st,
+            "overhead_cold": best["cold"][0] / base_wall - 1,
+            "overhead_warm": best["warm"][0] / base_wall - 1,
+            "full_corpus_minutes": {str(c): v for c, v in estimate.items()}}
+
+
+# -----------------------------------------------------------------------------
+# train: tokens/s, MFU, and the data path's share of a step
+
+def parse_size(name):
+    if name in SIZES:
+        return SIZES[name]
+    m = re.fullmatch(r"(\d+)L-(\d+)d-(\d+)h(?:-v(\d+))?", name)
+    if not m:
+        raise UserError(f"size '{name}': use one of {', '.join(SIZES)} or '<L>L-<d>d-<h>h[-v<vocab>]' "
+                        f"(e.g. 2L-64d-4h-v65)")
+    return int(m[1]), int(m[3]), int(m[2]), int(m[4] or 50257)
+
+
+def bench_train(cfg):
+    import torch
+    import train
+    from common import autocast_for, resolve_device
+    from model import GPT, GPTConfig
+    device = resolve_device(cfg.device)
+    is_cuda = device.type == "cuda"
+    sizes = list(cfg.sizes) or (["tiny", "small", "medium"] if is_cuda else ["synthetic", "tiny"])
+    batch = cfg.batch_size or (64 if is_cuda else 16)
+    warm = cfg.warmup_steps or (10 if is_cuda else 2)
+    n_steps = cfg.steps or (50 if is_cuda else 10)
+    n_tok = cfg.train_tokens or (50_000_000 if is_cuda else 4_000_000)
+    if is_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = autocast_for(device, cfg.dtype)
+    sync = torch.cuda.synchronize if is_cuda else (lambda: None)
+    peak = train.device_peak_flops(device, 0.0)
+    rng = np.random.default_rng(cfg.seed)
+    targets = batch * BLOCK
+
+    def median_ms(fn, plans):
+        times = []
+        for plan in plans:
+            t0 = time.perf_counter()
+            fn(plan)
+            sync()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+    def one_size(name):
+        n_layer, n_head, n_embd, vocab = parse_size(name)
+        torch.manual_seed(cfg.seed)
+        raw = GPT(GPTConfig(vocab_size=vocab, block_size=BLOCK, n_layer=n_layer, n_head=n_head,
+                            n_embd=n_embd)).to(device)
+        optimizer = raw.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=is_cuda)
+        model = torch.compile(raw) if is_cuda and cfg.compile else raw
+        tokens = rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
+        source = train.WindowSource(tokens, device, on_device=is_cuda)
+        plans = [(rng.integers(0, n_tok - WINDOW, size=batch), np.full(batch, BLOCK))
+                 for _ in range(warm + n_steps)]
+        losses = []
+
+        def step(plan):                     # train.py's step, without DDP and logging
+            x, y = source.batch(*plan)
+            with autocast:
+                per_target = model(x, y)
+            loss = per_target.sum() / targets
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+
+        t_warm = time.perf_counter()
+        for plan in plans[:warm]:
+            step(plan)
+        sync()
+        t_warm = time.perf_counter() - t_warm
+        step_ms = median_ms(step, plans[warm:])
+        if not math.isfinite(float(losses[-1])):
+            raise RuntimeError(f"size {name}: loss {float(losses[-1])} during the benchmark")
+        data_ms = median_ms(lambda plan: source.batch(*plan), plans[warm:])
+        host_ms = None                      # CUDA: the gpu_resident=False fallback, for comparison
+        if is_cuda:
+            host = train.WindowSource(tokens, device, on_device=False)
+            host_ms = median_ms(lambda plan: host.batch(*plan), plans[warm:])
+        tok_s = targets / step_ms * 1e3
+        return {"size": f"{name} ({n_layer}L-{n_embd}d-{n_head}h, vocab {vocab})",
+                "n_params": raw.n_params(), "batch": batch, "warmup_s": t_warm, "step_ms": step_ms,
+                "tokens_per_s": tok_s, "mfu": raw.flops_per_token() * tok_s / peak if peak else float("nan"),
+                "data_ms": data_ms, "host_gather_ms": host_ms}
+
+    results = []
+    for name in sizes:
+        results.append(one_size(name))
+        if is_cuda:
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    mode = (f"CUDA, {cfg.dtype} autocast, {'torch.compile' if cfg.compile else 'eager'}, fused AdamW, "
+            f"tokens on the GPU" if is_cuda else f"CPU eager float32, {torch.get_num_threads()} threads")
+    print(f"\n### train: {mode}; {warm} warmup + {n_steps} timed steps of {batch} windows x {BLOCK} "
+          f"targets (median step); MFU against {peak / 1e12:.2f} TFLOP/s\n")
+    print(table(["size", "params (M)", "batch", "ms/step", "tokens/s", "MFU", "WindowSource.batch ms",
+                 "data share of step"] + (["host-gather batch ms (gpu_resident=False)"] if is_cuda else []),
+                [[r["size"], f"{r['n_params'] / 1e6:.2f}", r["batch"], f"{r['step_ms']:.1f}",
+                  f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['data_ms']:.3f}",
+                  f"{100 * r['data_ms'] / r['step_ms']:.2f}%"]
+                 + ([f"{r['host_gather_ms']:.3f}"] if is_cuda else []) for r in results]))
+    return {"device": str(device), "mode": mode, "peak_flops": peak, "steps": n_steps,
+            "warmup_steps": warm, "sizes": results}
+
+
+# -----------------------------------------------------------------------------
+# data: nanoGPT-style loader against ours on the same windows
+
+def bench_data(cfg, work):
+    import torch
+    import train
+    path = os.path.join(work, "tokens.bin")
+    rng = np.random.default_rng(cfg.seed)
+    rng.integers(0, 50257, size=cfg.data_tokens, dtype=np.uint16).tofile(path)
+    mm = np.memmap(path, dtype=np.uint16, mode="r")
+    cpu = torch.device("cpu")
+    host = train.WindowSource(np.array(mm), cpu, on_device=False)   # train.py's in-memory buffer
+    tensor = train.WindowSource(np.array(mm), cpu, on_device=True)
+    full = np.full(cfg.data_batch, BLOCK)
+    plans = [rng.integers(0, len(mm) - WINDOW, size=cfg.data_batch) for _ in range(cfg.data_iters)]
+
+    def nanogpt(ix):                        # one stack of 101-token slices, memmap opened once
+        batch = torch.stack([torch.from_numpy(mm[i:i + WINDOW].astype(np.int64)) for i in ix])
+        return batch[:, :-1], batch[:, 1:]
+
+    def nanogpt_as_written(ix):             # nanoGPT's get_batch: memmap reopened, two stacks
+        data = np.memmap(path, dtype=np.uint16, mode="r")
+        x = torch.stack([torch.from_numpy(data[i:i + BLOCK].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + BLOCK].astype(np.int64)) for i in ix])
+        return x, y
+
+    loaders = {
+        "nanoGPT-style: per-window memmap slices + torch.stack (baseline)": nanogpt,
+        "nanoGPT get_batch as written (memmap reopened, x and y stacked apart)": nanogpt_as_written,
+        "common.gather_windows on the memmap": lambda ix: tuple(map(torch.from_numpy, gather_windows(mm, ix, full))),
+        "train.WindowSource, host gather (on_device=False; train.py on CPU)": lambda ix: host.batch(ix, full),
+        "train.WindowSource, torch gather (on_device=True, CPU tensor)": lambda ix: tensor.batch(ix, full),
+    }
+    names = list(loaders)
+    want = nanogpt(plans[0])
+    for name, fn in loaders.items():
+        if not all(torch.equal(a, b) for a, b in zip(fn(plans[0]), want)):
+            raise RuntimeError(f"data benchmark: '{name}' gives different windows than the baseline")
+    # rounds rotate the single-threaded loaders' order; the torch gather starts intra-op threads
+    # that keep spinning afterwards, so it is timed apart, last
+    times = {name: [] for name in names}
+    for group in (names[:-1], names[-1:]):
+        for r in range(cfg.data_rounds):
+            for name in group[r % len(group):] + group[:r % len(group)]:
+                t0 = time.perf_counter()
+                for ix in plans:
+                    loaders[name](ix)
+                times[name].append((time.perf_counter() - t0) / len(plans))
+    best = {k: float(np.min(v)) for k, v in times.items()}
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"\n### data: {cfg.data_batch} windows of {WINDOW} tokens per batch from {cfg.data_tokens / 1e6:.0f}M "
+          f"uint16 tokens; {cfg.data_rounds} rounds x {cfg.data_iters} batches per loader; identical "
+          f"outputs checked\n")
+    print(table(["loader", "us/batch (best round)", "us/batch (median round)", "speedup (best)",
+                 "speedup (median)"],
+                [[k, f"{1e6 * best[k]:.1f}", f"{1e6 * median[k]:.1f}", f"{best[names[0]] / best[k]:.1f}x",
+                  f"{median[names[0]] / median[k]:.1f}x"] for k in names]))
+    return {"us_per_batch_best": {k: 1e6 * v for k, v in best.items()},
+            "us_per_batch_median": {k: 1e6 * v for k, v in median.items()}}
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv):
+    cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
+    whats = ["prepare", "train", "data"] if cfg.what == "all" else [cfg.what]
+    if any(w not in ("prepare", "train", "data") for w in whats):
+        raise UserError(f"what='{cfg.what}': use prepare, train, data or all")
+    shared_tiktoken = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken")
+    if os.path.isdir(shared_tiktoken):      # offline tokenizer files, unless the user set a cache
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", shared_tiktoken)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    work = cfg.work_dir or tempfile.mkdtemp(prefix="bench-")
+    os.makedirs(work, exist_ok=True)
+    os.environ["HF_DATASETS_CACHE"] = os.path.join(work, "hf_cache")   # not ~/.cache
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    record = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_name(), "cores": os.cpu_count(),
+              "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
+              "argv": list(argv), "config": vars(cfg), "loadavg": {"start": os.getloadavg()[0]}}
+    print(f"# bench.py {record['date']}\nCPU: {record['cpu']}, {record['cores']} cores; torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads); python {record['python']}\n"
+          f"GPU: {gpu or 'none (CUDA not available)'}\n1-minute load average at start: "
+          f"{record['loadavg']['start']:.2f} (other processes skew timings)")
+    t_start = time.time()
+    try:
+        for w in whats:
+            t0 = time.time()
+            record[w] = {"prepare": bench_prepare, "train": lambda c, _: bench_train(c),
+                         "data": bench_data}[w](cfg, work)
+            record["loadavg"][w] = os.getloadavg()[0]
+            print(f"\n({w}: {time.time() - t0:.0f}s; 1-minute load average {record['loadavg'][w]:.2f} "
+                  f"on {record['cores']} cores)")
+    finally:
+        if not cfg.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    record["seconds"] = time.time() - t_start
+    print(f"\ntotal {record['seconds']:.0f}s")
+    if cfg.json:
+        runs = []
+        if os.path.exists(cfg.json):
+            with open(cfg.json) as f:
+                runs = _json.load(f)
+        write_json(cfg.json, (runs if isinstance(runs, list) else [runs]) + [record])
+        print(f"appended to {cfg.json}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
