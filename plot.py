@@ -304,6 +304,19 @@ def load_runs(out_dir):
                      "log": read_log(os.path.join(folder, "log.jsonl")),
                      "k": int(ev["k"]), "seed": ev["seed"], "components": list(ev["components"]),
                      "key": (ev["dataset"], ev["model_size"], int(ev["token_budget"]))})
+    # the same training run under two names (say a sweep's and a hand-started one) must count once
+    seen = {}
+    for r in list(runs):
+        ev = r["eval"]
+        identity = (ev["dataset"], ev["model_size"], int(ev["token_budget"]), tuple(ev["components"]),
+                    tuple(round(w, 6) for w in ev.get("weights", [])), str(ev["seed"]),
+                    r["config"].get("config", {}).get("epochs"))
+        if identity in seen:
+            skipped[r["name"]] = (f"duplicate of `{seen[identity]}` (same data, mixture, size, budget "
+                                  f"and seed): counted once")
+            runs.remove(r)
+        else:
+            seen[identity] = r["name"]
     runs.sort(key=lambda r: (r["k"], str(r["seed"]), r["name"]))
     return runs, skipped
 

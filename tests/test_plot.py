@@ -327,7 +327,9 @@ def test_report_flags_budget_discrepancy_and_model_sizes(sweep):
     stale = make_run(sweep["out"], sweep["data"], "k3-old", 3, 5, sweep["components"])
     ev = json.load(open(os.path.join(stale, "eval.json")))
     write_json(os.path.join(stale, "eval.json"), {**ev, "evalset": {**ev["evalset"], "sha": "older"}})
+    make_run(sweep["out"], sweep["data"], "k1-s1-again", 1, 1, sweep["components"])
     text = run_plot(sweep)
+    assert "`k1-s1-again`: duplicate of `k1-s1`" in text
     assert "`k3-old`: evaluated on a different evaluation set" in text
     assert "DISCREPANCIES" in text and "k2-s0: trained on 47,000 tokens" in text
     assert os.path.exists(os.path.join(sweep["results"], "fig_model_size.pdf"))
