@@ -141,10 +141,7 @@ def prepare_stages(corpus, work, enc):
         (prepare.to_category(label, names), text) for hf_split in prepare.HF_SPLITS.values()
         for batch in loaded[hf_split].iter(batch_size=prepare.batch_docs)
         for text, label in zip(batch["text"], batch["label"])])
-    eot = enc.eot_token     # the worker function of prepare.tokenize_arxiv, as written there
-    encoded, t_encode, _ = timed(lambda: [
-        np.append(enc.encode_to_numpy(text, disallowed_special=()), eot).astype(np.uint16)
-        for _, text in docs])
+    encoded, t_encode, _ = timed(lambda: [prepare.encode_document(enc, text) for _, text in docs])
 
     def write():
         writers = {c: prepare.SplitWriter(os.path.join(work, "stages", c), "train") for c in names}

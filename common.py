@@ -358,11 +358,11 @@ def doc_windows(doc_start, doc_end, head):
     return starts.astype(np.int64), np.diff(cuts).astype(np.int64)
 
 
-def gather_windows(tokens, starts, n_targets, ignore_index=-1):
+def gather_windows(tokens, starts, n_targets=None, ignore_index=-1):
     """
     Vectorised window gather: (x, y) int64 arrays of shape (len(starts), BLOCK). Works on numpy
     arrays and memmaps (CPU) and the same arithmetic is used on torch tensors on CUDA (train.py).
-    Targets beyond a window's n_targets are set to ignore_index.
+    Targets beyond a window's n_targets are set to ignore_index; n_targets=None means full windows.
     """
     # every window is a row of one strided view of the tokens: a single row gather, no index grid
     flat = np.asarray(tokens)
@@ -371,7 +371,7 @@ def gather_windows(tokens, starts, n_targets, ignore_index=-1):
                                            writeable=False)
     batch = rows[np.asarray(starts)].astype(np.int64)
     x, y = batch[:, :-1], batch[:, 1:].copy()
-    n_targets = np.asarray(n_targets)
+    n_targets = np.full(len(batch), BLOCK) if n_targets is None else np.asarray(n_targets)
     if (n_targets < BLOCK).any():
         y[np.arange(BLOCK)[None, :] >= n_targets[:, None]] = ignore_index
     return x, y

@@ -143,7 +143,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     arrays, categories = {}, {}
     for cat in dataset.components:
         starts, docs = evalset[cat]
-        x, y = gather_windows(dataset.tokens(cat, "test"), starts, np.full(len(starts), BLOCK))
+        x, y = gather_windows(dataset.tokens(cat, "test"), starts)
         losses = batched_losses(model, x, y, device, batch_size, autocast)
         arrays[f"model:{cat}"], arrays[f"doc:{cat}"] = losses, docs
         entry = {"n_windows": len(starts), "n_docs": int(len(np.unique(docs))),

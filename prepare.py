@@ -154,6 +154,12 @@ def ordered_map(pool, fn, items, inflight):
         yield pending.popleft().result()
 
 
+def encode_document(enc, text):
+    """One document's uint16 tokens, EOT appended. Runs in worker threads: tiktoken releases the
+    GIL. Special-token strings in the text are ordinary text (as encode_ordinary does)."""
+    return np.append(enc.encode_to_numpy(text, disallowed_special=()), enc.eot_token).astype(np.uint16)
+
+
 def tokenize_arxiv(cfg, out):
     import tiktoken
     from tqdm import tqdm
@@ -176,9 +182,6 @@ def tokenize_arxiv(cfg, out):
         raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                         f"{', '.join(unknown)}; valid: {', '.join(names)}")
 
-    def encode(text):     # in a worker thread: tiktoken releases the GIL, numpy out, EOT appended
-        return np.append(enc.encode_to_numpy(text, disallowed_special=()), eot).astype(np.uint16)
-
     threads = cfg.num_proc or os.cpu_count()
     splits = {c: {} for c in wanted}
     with ThreadPoolExecutor(threads) as pool:
@@ -193,7 +196,7 @@ def tokenize_arxiv(cfg, out):
             docs = ((c, text) for c, text in docs if bar.update(1) or c in writers)
             # documents stream through one pool in order, with no barrier between batches: the
             # main thread only writes, and the whole corpus is never in memory
-            for c, tokens in ordered_map(pool, lambda item: (item[0], encode(item[1])), docs,
+            for c, tokens in ordered_map(pool, lambda item: (item[0], encode_document(enc, item[1])), docs,
                                          inflight=4 * threads):
                 writers[c].add(tokens)
             bar.close()

@@ -302,10 +302,10 @@ def main(argv):
         raise UserError(f"token_budget={cfg.token_budget}: use a positive number, or 0 for the default")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"n_embd={cfg.n_embd} is not a multiple of n_head={cfg.n_head}")
-    if cfg.wandb_log:
+    wandb = None
+    if cfg.wandb_log:                      # checked before any work, used by rank 0 only
         try:
-            import importlib
-            importlib.import_module("wandb")
+            import wandb
         except ImportError:
             raise UserError("wandb_log=True but wandb is not installed: `pip install wandb`, "
                             "or drop --wandb_log")
@@ -370,7 +370,7 @@ def main(argv):
     val_windows = {}
     for name in names:
         starts, _ = fixed_windows(dataset, name, "val", cfg.val_windows, seed=0)
-        val_windows[name] = gather_windows(dataset.tokens(name, "val"), starts, np.full(len(starts), BLOCK))
+        val_windows[name] = gather_windows(dataset.tokens(name, "val"), starts)
 
     model = GPT(GPTConfig(vocab_size=dataset.vocab_size, block_size=BLOCK, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
@@ -422,9 +422,8 @@ def main(argv):
         f"{device}{' (compiled)' if is_cuda and cfg.compile else ''}; "
         f"data {'on device' if on_device else 'gathered on host'}; setup {time.time() - t_build:.1f}s")
 
-    wandb = None
-    if cfg.wandb_log and master:
-        import wandb
+    use_wandb = master and wandb is not None
+    if use_wandb:
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or cfg.run_name,
                    config=vars(cfg), resume="allow")
 
@@ -450,7 +449,7 @@ def main(argv):
         if master:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
-            if wandb:
+            if use_wandb:
                 wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
     t_start, step_start = time.time(), step
@@ -543,7 +542,7 @@ def main(argv):
         write_json(paths.done, summary)
         log(f"done: {cfg.out_dir} ({summary['tokens']:,} tokens, val loss "
             f"{summary['final_val_loss']:.4f})")
-    if wandb:
+    if use_wandb:
         wandb.finish()
     if ddp:
         torch.distributed.destroy_process_group()

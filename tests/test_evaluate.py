@@ -92,7 +92,7 @@ def test_per_position_losses_match_the_models_logits(trained_run, tiny_synthetic
     _, windows = evaluate.load_evalset(ds, 40, 0)
     starts, docs = windows["chain0"]
     assert np.array_equal(saved["doc:chain0"], docs)
-    x, y = gather_windows(ds.tokens("chain0", "test"), starts, np.full(len(starts), BLOCK))
+    x, y = gather_windows(ds.tokens("chain0", "test"), starts)
     config = json.load(open(os.path.join(trained_run, "config.json")))["config"]
     model = train.GPT(train.GPTConfig(vocab_size=ds.vocab_size, n_layer=config["n_layer"],
                                       n_head=config["n_head"], n_embd=config["n_embd"]))

@@ -332,7 +332,7 @@ def test_tiny_model_learns_a_chain_to_near_its_entropy_rate(tmp_path):
     ds = Dataset(data)
     chains = ds.chains()
     starts, _ = fixed_windows(ds, "chain0", "test", 250, seed=0)
-    x, y = gather_windows(ds.tokens("chain0", "test"), starts, np.full(len(starts), BLOCK))
+    x, y = gather_windows(ds.tokens("chain0", "test"), starts)
     model = train.GPT(train.GPTConfig(vocab_size=ds.vocab_size, n_layer=1, n_head=2, n_embd=32))
     model.load_state_dict(torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"])
     with torch.no_grad():
