@@ -2,273 +2,45 @@
 Figures, fitted laws and REPORT.md from every evaluated run in out/.
 
     python plot.py                                     # reads out/, writes results/
-    python plot.py --out=out_synthetic --results=results_synthetic --n_boot=1000
+    python plot.py --out=out_synthetic --results=results_synthetic --n_boot=200
 
 Reads out/<run>/{config.json, log.jsonl, done, eval.json, eval.npz} and the dataset's stats.json;
 writes results/{results.csv, fits.json, REPORT.md, fig_*.png, fig_*.pdf}, all regenerated.
 
-Statistics. Every run of a dataset is scored on the same evaluation windows, so the design is
-crossed: seeds x documents. Intervals come from a bootstrap that resamples seeds and documents
-(windows grouped by document), with one document draw shared by all seeds of a replicate: a
-document's difficulty is common to every seed, and drawing documents afresh for each seed
-would average that shared effect away and make the intervals too narrow by up to sqrt(seeds).
-Comparisons between K values are paired on those windows.
+The statistics (intervals over seeds and documents, paired differences, tests, fitted laws and
+what each interval covers) live in stats.py, whose docstring describes them; this script groups
+the runs, asks stats.py for the numbers, and draws and writes them.
 """
 import csv
 import io
 import math
 import os
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from scipy import optimize, sparse, stats
 
 from common import (BLOCK, UserError, atomic_write_bytes, config_defaults, configure, read_json,
                     read_log, run_cli, write_json)
+from stats import (POSITION_C_BOUNDS, SCOPES, DocumentMeans, crossed_mean, difference_interval, document_means,
+                   fit_linear_in_log_k, fit_position_curve, fit_power_law, holm, interval_component,
+                   law_explanation, mean_interval, power_law, position_law, curve_replicates,
+                   run_level_replicates, trend_test)
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
 out = "out"                 # runs root: every out/<run>/ with eval.json is a run
 results = "results"         # output folder
-n_boot = 2000               # bootstrap replicates
-boot_seed = 1337            # bootstrap RNG seed (same draws everywhere: common random numbers)
+n_boot = 400                # replicates per source of chance when refitting the laws for their intervals
+boot_seed = 1337            # their RNG seed (same draws everywhere: common random numbers)
 # -----------------------------------------------------------------------------
 EARLY = slice(0, 10)        # xe_early: positions t = 1..10
 LATE = slice(50, BLOCK)     # xe_late: positions t = 51..100
 POSITIONS = np.arange(1, BLOCK + 1)
 VIEWS = {"first": "first component", "own": "own components (mean)",
          "top5": "top five (mean)", "unseen": "unseen categories (mean)"}
-
-
-# -----------------------------------------------------------------------------
-# statistics: crossed bootstrap, paired differences, Holm, trend test, fitted laws
-
-def _resample_counts(rng, n, size):
-    """How often each of n units is drawn in each of `size` resamples of n with replacement."""
-    draws = rng.integers(0, n, (size, n)) + n * np.arange(size)[:, None]
-    return np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
-
-
-def _doc_sums(values, docs):
-    """Sum of each seed's window values within each document: (S, D, P); windows per document (D,)."""
-    values = np.asarray(values, dtype=np.float64)
-    n_seeds, n_windows = values.shape[:2]
-    doc_index = np.unique(np.asarray(docs), return_inverse=True)[1].ravel()
-    grouping = sparse.csr_matrix((np.ones(n_windows), (doc_index, np.arange(n_windows))),
-                                 shape=(doc_index.max() + 1, n_windows))
-    flat = values.reshape(n_seeds, n_windows, -1)
-    sums = np.stack([grouping @ flat[s] for s in range(n_seeds)])
-    return sums, np.asarray(grouping.sum(axis=1)).ravel()
-
-
-def _crossed_bootstrap(sides, docs, n_boot, seed):
-    """sum(sign * seed-mean) over sides that share windows; seeds per side and documents resampled."""
-    rng = np.random.default_rng(seed)
-    summed = [(_doc_sums(values, docs), sign) for values, sign in sides]
-    counts = summed[0][0][1]
-    doc_weights = _resample_counts(rng, len(counts), n_boot)            # (B, D), shared
-    numerator, estimate = 0.0, 0.0
-    for (sums, _), sign in summed:
-        n_seeds = len(sums)
-        seed_weights = _resample_counts(rng, n_seeds, n_boot) / n_seeds  # (B, S)
-        for s in range(n_seeds):
-            numerator = numerator + sign * seed_weights[:, [s]] * (doc_weights @ sums[s])
-        estimate = estimate + sign * sums.mean(axis=0).sum(axis=0) / counts.sum()
-    return estimate, numerator / (doc_weights @ counts)[:, None]
-
-
-def bootstrap_mean(values, docs, n_boot=2000, seed=0):
-    """
-    Mean over seeds and windows of `values` (S seeds, N windows[, P]) and n_boot bootstrap
-    replicates of it: seeds resampled with replacement, and documents (windows grouped by
-    `docs`) resampled with replacement, one draw for all seeds because they share the windows.
-    Returns (estimate: scalar or (P,), replicates: (n_boot,) or (n_boot, P)).
-    """
-    values = np.asarray(values, dtype=np.float64)
-    estimate, reps = _crossed_bootstrap([(values, 1.0)], docs, n_boot, seed)
-    return estimate.reshape(values.shape[2:]), reps.reshape((n_boot,) + values.shape[2:])
-
-
-def bootstrap_paired_difference(a, b, docs, n_boot=2000, seed=0):
-    """
-    Paired a - b on shared windows: per window, the mean over a's seeds minus the mean over
-    b's seeds, averaged over windows. Replicates resample the seeds of each side and the
-    documents (one draw for both sides, which is what pairing means).
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    estimate, reps = _crossed_bootstrap([(a, 1.0), (b, -1.0)], docs, n_boot, seed)
-    return estimate.reshape(a.shape[2:]), reps.reshape((n_boot,) + a.shape[2:])
-
-
-def interval(estimate, reps, level=0.95):
-    """Percentile interval: {"value", "ci"} (arrays become lists)."""
-    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)], axis=0)
-    return {"value": np.asarray(estimate).tolist(), "ci": [lo.tolist(), hi.tolist()]}
-
-
-def bootstrap_p_value(reps):
-    """Two-sided p-value for 'the mean difference is zero' from the replicates' sign balance."""
-    n = len(reps)
-    below, above = (1 + np.sum(reps <= 0, axis=0)) / (n + 1), (1 + np.sum(reps >= 0, axis=0)) / (n + 1)
-    return np.minimum(1.0, 2 * np.minimum(below, above))
-
-
-def holm(p_values):
-    """Holm step-down adjusted p-values (family-wise error control), in the input order."""
-    p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p)
-    stepped = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
-    adjusted = np.empty_like(p)
-    adjusted[order] = np.maximum.accumulate(stepped)
-    return adjusted
-
-
-def trend_test(k, y):
-    """Linear regression of run-level XE on K (slope, 95% CI, p) and Spearman's rank correlation."""
-    k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
-    if len(np.unique(k)) < 2 or len(y) < 3:
-        return None
-    fit = stats.linregress(k, y)
-    half = stats.t.ppf(0.975, len(y) - 2) * fit.stderr
-    rho, p_rank = stats.spearmanr(k, y)
-    return {"slope": fit.slope, "slope_ci": [fit.slope - half, fit.slope + half],
-            "p_value": fit.pvalue, "spearman_rho": rho, "spearman_p": p_rank, "n_runs": len(y)}
-
-
-def linear(x, a, b):
-    return a + b * x
-
-
-def power_law(k, a, c, beta):
-    """
-    E + B K^beta written as a + c (K^beta - 1) / beta, with a = E + B (the value at K = 1) and
-    c = B beta (the slope in ln K at K = 1). Same curves, but this form stays finite as beta -> 0,
-    where it becomes a + c ln K; in the E, B form a nearly logarithmic trend sends E and B off to
-    -inf and +inf with meaningless intervals.
-    """
-    log_k = np.log(k)
-    return a + c * (log_k if abs(beta) < 1e-9 else np.expm1(beta * log_k) / beta)
-
-
-POSITION_C_BOUNDS = (0.0, 5.0)   # decay exponent c of the per-position law
-
-
-def log_decay(log_t, c):
-    """(1 - t^-c) / c from ln t, and its c -> 0 limit ln t (expm1 keeps small c accurate)."""
-    return log_t if abs(c) < 1e-12 else -np.expm1(-c * log_t) / c
-
-
-def position_law(t, x1, d, c):
-    """
-    XE(t) = a + b t^-c written as x1 - d (1 - t^-c) / c, with x1 = a + b (XE at t = 1) and d = b c
-    (the fall per unit ln t at t = 1). Same curves for c > 0, but this form stays finite as c -> 0,
-    where it becomes x1 - d ln t; in the a, b form a nearly logarithmic curve sends a and b off to
-    -inf and +inf with meaningless intervals. The asymptote a = x1 - d / c exists only for c > 0.
-    """
-    return x1 - d * log_decay(np.log(t), c)
-
-
-def fit_law(f, x, y, p0, sigma=None, bounds=(-np.inf, np.inf)):
-    """curve_fit with t-distribution 95% intervals from the covariance; never raises."""
-    names = f.__code__.co_varnames[1:f.__code__.co_argcount]
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    dof = len(y) - len(p0)
-    try:
-        with warnings.catch_warnings():        # no covariance when dof = 0: we report no interval then
-            warnings.simplefilter("ignore", optimize.OptimizeWarning)
-            params, cov = optimize.curve_fit(f, x, y, p0=p0, sigma=sigma, bounds=bounds, maxfev=20000)
-    except (RuntimeError, ValueError, TypeError) as e:
-        return {"law": f.__name__, "error": str(e), "n_points": len(y)}
-    se = np.sqrt(np.clip(np.diag(cov), 0, None)) if dof > 0 else np.full(len(params), np.nan)
-    half = stats.t.ppf(0.975, dof) * se if dof > 0 else se
-    rmse = float(np.sqrt(np.mean((y - f(x, *params)) ** 2)))
-    return {"law": f.__name__, "n_points": len(y), "dof": dof, "rmse": rmse, "cov": cov if dof > 0 else None,
-            "params": {n: {"value": v, "se": s, "ci95": [v - h, v + h]}
-                       for n, v, s, h in zip(names, params, se, half)}}
-
-
-def fit_linear_in_log_k(k, y):
-    """XE = a + b ln K."""
-    return fit_law(linear, np.log(k), y, p0=[float(np.mean(y)), 0.0])
-
-
-def derived_parameter(fit, name, value, gradient):
-    """Add a function of the fitted parameters with a delta-method t interval from the fit covariance."""
-    t_quantile = stats.t.ppf(0.975, fit["dof"])
-    se = float(np.sqrt(max(np.dot(gradient, fit["cov"] @ gradient), 0.0)))
-    fit["params"][name] = {"value": value, "se": se, "ci95": [value - t_quantile * se, value + t_quantile * se],
-                           "derived": True}
-
-
-def fit_power_law(k, y):
-    """
-    XE(K) = E + B K^beta, fitted as power_law(K, a, c, beta) from a few starting exponents. E and
-    B are added, with delta-method intervals, only when beta's interval excludes 0 ("E_B": true):
-    near beta = 0 the law is a + c ln K and E, B have no finite estimate.
-    """
-    k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
-    best = None
-    for beta in (0.25, 0.5, 1.0, 2.0):
-        design = np.stack([np.ones_like(k), np.expm1(beta * np.log(k)) / beta], axis=1)
-        (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
-        fit = fit_law(power_law, k, y, p0=[a, c, beta], bounds=([-np.inf, -np.inf, -4], [np.inf, np.inf, 4]))
-        if "error" not in fit and (best is None or fit["rmse"] < best["rmse"] - 1e-12):
-            best = fit
-    if best is None or best["cov"] is None:
-        return best or fit
-    a, c, beta = (best["params"][n]["value"] for n in ("a", "c", "beta"))
-    lo, hi = best["params"]["beta"]["ci95"]
-    # E = a - c / beta and B = c / beta only when beta is clearly away from 0: near 0 they run off to
-    # -/+ infinity (the a + c ln K limit) and a delta-method interval for them means nothing
-    best["E_B"] = bool(np.isfinite(best["params"]["beta"]["se"]) and (lo > 0 or hi < 0))
-    if best["E_B"]:
-        derived_parameter(best, "E", a - c / beta, [1, -1 / beta, c / beta ** 2])
-        derived_parameter(best, "B", c / beta, [0, 1 / beta, -c / beta ** 2])
-    return best
-
-
-def fit_position_curve(xe_t, se_t=None):
-    """
-    XE(t) = x1 - d (1 - t^-c) / c over t = 1..len(xe_t) (position_law; c -> 0: x1 - d ln t), weighted
-    by the per-position standard errors, with c bounded to POSITION_C_BOUNDS and started from a grid
-    of exponents (x1, d solved by least squares for each). c's interval is clipped to its bounds.
-    The asymptote a = x1 - d / c, with a delta-method interval, is added only when c's interval
-    excludes 0 ("asymptote": true); otherwise the curve is logarithmic within the window as far as
-    the data can tell, and the asymptote is not estimated.
-    """
-    xe_t = np.asarray(xe_t, dtype=float)
-    t = np.arange(1, len(xe_t) + 1)
-    log_t = np.log(t)
-    sigma = None if se_t is None or not np.all(np.asarray(se_t) > 0) else np.asarray(se_t, dtype=float)
-    weight = np.ones_like(xe_t) if sigma is None else 1 / sigma
-    lower, upper = POSITION_C_BOUNDS
-    best, best_chi2 = None, None
-    for c in (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 4.0):
-        design = np.stack([np.ones_like(log_t), -log_decay(log_t, c)], axis=1)
-        (x1, d), *_ = np.linalg.lstsq(design * weight[:, None], xe_t * weight, rcond=None)
-        fit = fit_law(position_law, t, xe_t, p0=[x1, d, c], sigma=sigma,
-                      bounds=([-np.inf, -np.inf, lower], [np.inf, np.inf, upper]))
-        if "error" in fit:
-            continue
-        chi2 = float(np.sum((weight * (xe_t - position_law(t, *(p["value"] for p in fit["params"].values())))) ** 2))
-        if best is None or chi2 < best_chi2 * (1 - 1e-9):
-            best, best_chi2 = fit, chi2
-    if best is None:
-        return fit
-    best["form"] = "XE(t) = x1 - d (1 - t^-c) / c; c -> 0: x1 - d ln t; asymptote a = x1 - d / c when c > 0"
-    best["c_bounds"] = list(POSITION_C_BOUNDS)
-    exponent = best["params"]["c"]
-    best["asymptote"] = bool(best["cov"] is not None and np.isfinite(exponent["se"]) and exponent["ci95"][0] > 0)
-    exponent["ci95"] = [float(np.clip(v, lower, upper)) if np.isfinite(v) else v for v in exponent["ci95"]]
-    exponent["at_bound"] = bool(min(abs(exponent["value"] - lower), abs(exponent["value"] - upper)) < 1e-6)
-    x1, d, c = (best["params"][n]["value"] for n in ("x1", "d", "c"))
-    if best["asymptote"]:
-        derived_parameter(best, "a", x1 - d / c, [1, -1 / c, d / c ** 2])
-    return best
 
 
 # -----------------------------------------------------------------------------
@@ -334,7 +106,10 @@ def dataset_file(run, filename, out_dir):
 
 
 def stack_view(cell, categories, kind="model"):
-    """(S, N, T) losses of a cell's seeds on the view's pooled windows, and a document id per window."""
+    """
+    (S, N, T) losses of a cell's seeds on the view's pooled windows, and a document id per window,
+    'category:doc', the same for a document in every cell (the K values share documents).
+    """
     if not categories or any(f"{kind}:{c}" not in r["arrays"] for r in cell for c in categories):
         return None, None
     try:
@@ -342,9 +117,8 @@ def stack_view(cell, categories, kind="model"):
     except ValueError:
         raise UserError(f"runs {', '.join(r['name'] for r in cell)} were scored on different evaluation "
                         f"windows; re-run `python evaluate.py <run> --force` on them so they share the fixed set")
-    docs = [cell[0]["arrays"][f"doc:{c}"].astype(np.int64) for c in categories]
-    span = max(int(d.max()) for d in docs) + 1            # documents of different categories differ
-    return values, np.concatenate([i * span + d for i, d in enumerate(docs)])
+    docs = [np.char.add(f"{c}:", cell[0]["arrays"][f"doc:{c}"].astype(np.int64).astype(str)) for c in categories]
+    return values, np.concatenate(docs)
 
 
 def view_categories(view, cell, first, top5):
@@ -371,23 +145,32 @@ def area_parts(values):
     return np.stack([area, area - BLOCK * values[..., LATE].mean(-1)], -1)
 
 
-def summarise_cell(cell, categories, cfg):
+def summarise_cell(cell, categories):
+    """XE of one K's runs on a view's windows with intervals; and its DocumentMeans for the fits."""
     values, docs = stack_view(cell, categories)
     if values is None:
-        return None
+        return None, None
     stats_ = window_stats(values)
-    est, reps = bootstrap_mean(stats_, docs, cfg.n_boot, cfg.boot_seed)
+    means = document_means(stats_, docs)
+    overall = mean_interval(means)
     summary = {"n_seeds": len(cell), "seeds": [r["seed"] for r in cell], "runs": [r["name"] for r in cell],
-               "categories": categories, "n_windows": values.shape[1], "n_docs": len(np.unique(docs)),
+               "categories": categories, "n_windows": values.shape[1], "n_docs": len(means.ids),
+               "covers": overall["covers"],
                "run_xe_mean": stats_[..., 0].mean(1).tolist(), "run_xe_late": stats_[..., 2].mean(1).tolist()}
     for i, metric in enumerate(("xe_mean", "xe_early", "xe_late")):
-        summary[metric] = interval(est[i], reps[:, i])
+        summary[metric] = interval_component(overall, i)
     for kind in ("bayes", "oracle"):
         ref, _ = stack_view(cell, categories, kind)
         if ref is not None:
-            est, reps = bootstrap_mean(window_stats(ref), docs, cfg.n_boot, cfg.boot_seed)
-            summary[f"{kind}_mean"], summary[f"{kind}_late"] = interval(est[0], reps[:, 0]), interval(est[2], reps[:, 2])
-    return summary
+            overall = crossed_mean(window_stats(ref), docs)
+            summary[f"{kind}_mean"] = interval_component(overall, 0)
+            summary[f"{kind}_late"] = interval_component(overall, 2)
+    return summary, means
+
+
+def column(means, index):
+    """One window statistic of a cell's DocumentMeans (S, D, 3) -> (S, D)."""
+    return DocumentMeans(means.means[..., index], means.weights, means.ids)
 
 
 def analyse_group(runs, first, top5, cfg):
@@ -396,60 +179,67 @@ def analyse_group(runs, first, top5, cfg):
         by_k.setdefault(r["k"], []).append(r)
     ks = sorted(by_k)
     result = {"ks": ks, "first": first, "views": {}, "trend": {}, "lnK_fits": {}}
+    view_means = {}
     for view in VIEWS:
-        cells = {k: summarise_cell(by_k[k], view_categories(view, by_k[k], first, top5), cfg) for k in ks}
-        cells = {k: s for k, s in cells.items() if s is not None}
+        summaries = {k: summarise_cell(by_k[k], view_categories(view, by_k[k], first, top5)) for k in ks}
+        cells = {k: s for k, (s, _) in summaries.items() if s is not None}
         if not cells:
             continue
         result["views"][view] = cells
+        view_means[view] = [summaries[k][1] for k in cells]
         k_runs = [k for k, s in cells.items() for _ in s["run_xe_mean"]]
         xe_runs = [x for s in cells.values() for x in s["run_xe_mean"]]
         result["trend"][view] = trend_test(k_runs, xe_runs)
         if len(cells) >= 2:
-            result["lnK_fits"][view] = fit_linear_in_log_k(k_runs, xe_runs)
+            replicates = run_level_replicates([column(m, 0) for m in view_means[view]], xe_runs, cfg.n_boot,
+                                              cfg.boot_seed)
+            result["lnK_fits"][view] = fit_linear_in_log_k(k_runs, xe_runs, replicates)
     if first is None:
         return result
     # the first component is in every mixture, so its windows pair every K with the reference K:
     # per-position curves, paired contrasts, excess areas and the fitted laws all use it
     ref, docs = ks[0], stack_view(by_k[ks[0]], [first])[1]
     losses = {kind: {k: stack_view(by_k[k], [first], kind)[0] for k in ks} for kind in ("model", "bayes", "oracle")}
-    model = losses["model"]
+    model = {k: document_means(losses["model"][k], docs) for k in ks}
+    per_window = {k: document_means(window_stats(losses["model"][k]), docs) for k in ks}
+    areas = {kind: {k: document_means(area_parts(v), docs) for k, v in losses[kind].items() if v is not None}
+             for kind in ("model", "bayes")}
     result["curves"], result["excess_t"], result["areas"], result["position_fits"] = {}, {}, {}, {}
     for k in ks:
-        est, reps = bootstrap_mean(model[k], docs, cfg.n_boot, cfg.boot_seed)
-        result["curves"][k] = {"xe_t": interval(est, reps), **{f"{kind}_t": losses[kind][k].mean(axis=(0, 1)).tolist()
+        curve = mean_interval(model[k])
+        result["curves"][k] = {"xe_t": curve, **{f"{kind}_t": losses[kind][k].mean(axis=(0, 1)).tolist()
                                for kind in ("bayes", "oracle") if losses[kind][k] is not None}}
-        result["position_fits"][k] = fit_position_curve(est, reps.std(axis=0))
+        replicates = curve_replicates(model[k], curve["value"], cfg.n_boot, cfg.boot_seed)
+        result["position_fits"][k] = fit_position_curve(curve["value"], curve["se"], replicates)
     contrasts = []
     for k in ks[1:]:
-        est, reps = bootstrap_paired_difference(model[k], model[ref], docs, cfg.n_boot, cfg.boot_seed)
-        result["excess_t"][k] = interval(est, reps)
-        est, reps = bootstrap_paired_difference(area_parts(model[k]), area_parts(model[ref]),
-                                                docs, cfg.n_boot, cfg.boot_seed)
-        area = {"model": interval(est[0], reps[:, 0]), "identification": interval(est[1], reps[:, 1]),
+        result["excess_t"][k] = difference_interval(model[k], model[ref])
+        area = difference_interval(areas["model"][k], areas["model"][ref])
+        area = {"model": interval_component(area, 0), "identification": interval_component(area, 1),
                 "bound": math.log(k)}     # Bayes_K - Bayes_ref <= (Bayes_K - oracle) <= ln K
-        bayes = losses["bayes"]
-        if bayes[k] is not None and bayes[ref] is not None:
-            est, reps = bootstrap_paired_difference(area_parts(bayes[k]), area_parts(bayes[ref]), docs,
-                                                    cfg.n_boot, cfg.boot_seed)
-            area["bayes"] = interval(est[0], reps[:, 0])
+        if k in areas["bayes"] and ref in areas["bayes"]:
+            area["bayes"] = interval_component(difference_interval(areas["bayes"][k], areas["bayes"][ref]), 0)
         result["areas"][k] = area
-        est, reps = bootstrap_paired_difference(window_stats(model[k]), window_stats(model[ref]),
-                                                docs, cfg.n_boot, cfg.boot_seed)
-        p = bootstrap_p_value(reps)
+        difference = difference_interval(per_window[k], per_window[ref])
         for i, metric in enumerate(("xe_mean", "xe_early", "xe_late")):
-            contrasts.append({"k": k, "reference_k": ref, "metric": metric, "difference": interval(est[i], reps[:, i]),
-                              "p_value": float(p[i]), "n_seeds": len(by_k[k]), "n_seeds_reference": len(by_k[ref]),
-                              "n_windows": len(docs), "n_docs": len(np.unique(docs))})
+            contrasts.append({"k": k, "reference_k": ref, "metric": metric,
+                              "difference": interval_component(difference, i),
+                              "p_value": float(difference["p_value"][i]), "n_seeds": len(by_k[k]),
+                              "n_seeds_reference": len(by_k[ref]), "n_windows": len(docs), "n_docs": len(model[k].ids)})
     for metric in ("xe_mean", "xe_early", "xe_late"):        # Holm across the K contrasts of one metric
         family = [c for c in contrasts if c["metric"] == metric]
         for c, p_adj in zip(family, holm([c["p_value"] for c in family]) if family else []):
             c["p_holm"] = float(p_adj)
+            # the family's adjusted p-values lean on every member: say when one of them rests on one seed
+            c["holm_single_seed"] = any(f["difference"]["covers"] != "seeds and documents" for f in family)
     result["contrasts"] = contrasts
     first_view = result["views"].get("first", {})
     if len(first_view) >= 3:
         k_runs = [k for k, s in first_view.items() for _ in s["run_xe_late"]]
-        result["power_law"] = fit_power_law(k_runs, [x for s in first_view.values() for x in s["run_xe_late"]])
+        late_runs = [x for s in first_view.values() for x in s["run_xe_late"]]
+        replicates = run_level_replicates([column(m, 2) for m in view_means["first"]], late_runs, cfg.n_boot,
+                                          cfg.boot_seed)
+        result["power_law"] = fit_power_law(k_runs, late_runs, replicates)
     return result
 
 
@@ -465,9 +255,8 @@ def size_summary(runs, main_key, first, cfg):
     rows = []
     for (size, n_params, k), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         values, docs = stack_view(cell, [first])
-        est, reps = bootstrap_mean(values.mean(-1), docs, cfg.n_boot, cfg.boot_seed)
         rows.append({"size": size, "n_params": n_params, "k": k, "n_seeds": len(cell),
-                     "n_windows": values.shape[1], "xe_mean": interval(est, reps)})
+                     "n_windows": values.shape[1], "xe_mean": crossed_mean(values.mean(-1), docs)})
     return rows
 
 
@@ -563,20 +352,67 @@ def legend(ax):
         ax.legend(fontsize=8)
 
 
-def errorbar(ax, x, cells, metric, **kwargs):
-    value = np.array([cells[k][metric]["value"] for k in x])
-    lo, hi = (np.array([cells[k][metric]["ci"][i] for k in x]) for i in (0, 1))
-    # a percentile interval need not contain the point estimate (skewed replicates, a single
-    # document): draw the bar to the interval's near edge rather than a negative length
-    ax.errorbar(x, value, yerr=[np.maximum(value - lo, 0), np.maximum(hi - value, 0)], capsize=3, **kwargs)
+# what an interval covers (stats.interval_scope), shown the same way in every table and figure
+SCOPE_MARKS = {"documents only": " †", "seeds only": " ‡"}
+SCOPE_NOTES = {"documents only": "† one seed: the interval is over documents only; seed-to-seed variation is not "
+                                  "in it.",
+               "seeds only": "‡ one document: the interval is over seeds only; document sampling is not in it.",
+               "n/a": "n/a: one seed and one document, so no interval can be estimated."}
+SCOPE_FIGURE_NOTES = {"documents only": "open markers, hatched bands, †: one seed, interval over documents only",
+                      "seeds only": "open markers with dashed bars, hatched bands, ‡: one document, interval over "
+                                    "seeds only",
+                      "n/a": "x: one seed and one document, no interval"}
+
+
+def errorbar(ax, x, cells, metric, marker="o", line="", color="C0", label=None):
+    """
+    Points cells[k][metric] at x with their 95% intervals. The marker says what an interval covers:
+    filled over seeds and documents, open over documents only (one seed) or over seeds only (one
+    document, dashed bar), 'x' with no bar where there is no interval. Returns the scopes drawn.
+    """
+    intervals = [cells[k][metric] for k in x]
+    xs = np.asarray(x, dtype=float)
+    value = np.array([c["value"] for c in intervals], dtype=float)
+    lo, hi = (np.array([c["ci"][i] for c in intervals], dtype=float) for i in (0, 1))
+    scopes = [c.get("covers", "seeds and documents") for c in intervals]
+    if line:
+        ax.plot(xs, value, line, color=color)
+    for covers in [s for s in SCOPES if s in scopes]:
+        pick = [i for i, s in enumerate(scopes) if s == covers]
+        bars = None if covers == "n/a" else [value[pick] - lo[pick], hi[pick] - value[pick]]   # t: symmetric
+        drawn = ax.errorbar(xs[pick], value[pick], yerr=bars, fmt="x" if covers == "n/a" else marker, ls="none",
+                            color=color, mfc=color if covers == "seeds and documents" else "white", capsize=3,
+                            label=label)
+        label = None
+        if covers == "seeds only":
+            for bar in drawn[2]:
+                bar.set_linestyle("--")
+    return set(scopes)
+
+
+def scope_footnote(fig, scopes):
+    """A line under the figure for every kind of partial interval it shows."""
+    notes = [SCOPE_FIGURE_NOTES[s] for s in SCOPES if s in scopes and s in SCOPE_FIGURE_NOTES]
+    if notes:
+        fig.text(0.01, -0.02, "; ".join(notes), fontsize=7, ha="left", va="top")
+
+
+def band(ax, interval, color, label):
+    """A curve with its 95% band; hatched when the band is over documents only or seeds only."""
+    ax.plot(POSITIONS, interval["value"], color=color, label=label + SCOPE_MARKS.get(interval["covers"], ""))
+    partial = interval["covers"] != "seeds and documents"
+    ax.fill_between(POSITIONS, *np.asarray(interval["ci"], dtype=float), color=color, alpha=0.12 if partial else 0.2,
+                    hatch="///" if partial else None)
+    return {interval["covers"]}
 
 
 def figure_xe_vs_k(analysis, results_dir):
     views = analysis["views"]
     fig, axes = plt.subplots(1, len(views), figsize=(4 * len(views), 3.4), squeeze=False)
+    scopes = set()
     for ax, (view, cells) in zip(axes[0], views.items()):
         ks = sorted(cells)
-        errorbar(ax, ks, cells, "xe_mean", fmt="o-", color="C0", label="model (95% CI)")
+        scopes |= errorbar(ax, ks, cells, "xe_mean", marker="o", line="-", color="C0", label="model (95% CI)")
         for k in ks:
             ax.plot([k] * len(cells[k]["run_xe_mean"]), cells[k]["run_xe_mean"], ".", color="C0", alpha=0.4)
         for kind, style, colour in (("bayes", "s--", "grey"), ("oracle", ":", "black")):
@@ -587,22 +423,20 @@ def figure_xe_vs_k(analysis, results_dir):
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("XE, mean over t=1..100 (nats)")
     legend(axes[0][0])
+    scope_footnote(fig, scopes)
     return save_figure(fig, results_dir, "fig_xe_vs_k")
 
 
 def figure_positions(analysis, results_dir):
     ks, colours, curves = analysis["ks"], k_colours(analysis["ks"]), analysis["curves"]
     fig, (ax, ax_excess) = plt.subplots(1, 2, figsize=(11, 4))
+    scopes = set()
     for k in ks:
-        xe = curves[k]["xe_t"]
-        ax.plot(POSITIONS, xe["value"], color=colours[k], label=f"K={k}")
-        ax.fill_between(POSITIONS, *xe["ci"], color=colours[k], alpha=0.2)
+        scopes |= band(ax, curves[k]["xe_t"], colours[k], f"K={k}")
         if "bayes_t" in curves[k]:
             ax.plot(POSITIONS, curves[k]["bayes_t"], "--", color=colours[k], lw=1)
         if k in analysis["excess_t"]:
-            excess = analysis["excess_t"][k]
-            ax_excess.plot(POSITIONS, excess["value"], color=colours[k], label=f"K={k} - K={ks[0]}")
-            ax_excess.fill_between(POSITIONS, *excess["ci"], color=colours[k], alpha=0.2)
+            scopes |= band(ax_excess, analysis["excess_t"][k], colours[k], f"K={k} - K={ks[0]}")
             if "bayes_t" in curves[k]:
                 ax_excess.plot(POSITIONS, np.subtract(curves[k]["bayes_t"], curves[ks[0]]["bayes_t"]),
                                "--", color=colours[k], lw=1)
@@ -616,6 +450,7 @@ def figure_positions(analysis, results_dir):
     for a in (ax, ax_excess):
         a.grid(alpha=0.3, which="both")
         legend(a)
+    scope_footnote(fig, scopes)
     return save_figure(fig, results_dir, "fig_xe_position")
 
 
@@ -623,10 +458,13 @@ def figure_excess_area(analysis, results_dir):
     ks, areas = analysis["ks"], analysis["areas"]
     x = np.log(ks[1:])
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for key, style, label in (("model", "o", "model A_K"), ("identification", "^", "model, above late level"),
-                              ("bayes", "s", "Bayes-optimal A_K")):
+    scopes = set()
+    for key, style, colour, label in (("model", "o", "C0", "model A_K"),
+                                      ("identification", "^", "C1", "model, above late level"),
+                                      ("bayes", "s", "C2", "Bayes-optimal A_K")):
         if all(key in areas[k] for k in ks[1:]):
-            errorbar(ax, x, {lk: areas[k] for lk, k in zip(x, ks[1:])}, key, fmt=style, label=label)
+            scopes |= errorbar(ax, x, {lk: areas[k] for lk, k in zip(x, ks[1:])}, key, marker=style,
+                               color=colour, label=label)
     grid = np.linspace(0, max(x.max(), 0.1), 50)
     ax.plot(grid, grid, "k--", label="ln K bound (identification)")
     ax.axhline(0, color="grey", lw=0.8)
@@ -634,13 +472,14 @@ def figure_excess_area(analysis, results_dir):
            title=f"{analysis['first']}: excess area over K={ks[0]}")
     ax.grid(alpha=0.3)
     legend(ax)
+    scope_footnote(fig, scopes)
     return save_figure(fig, results_dir, "fig_excess_area")
 
 
 def figure_late_power_law(analysis, results_dir):
     cells, fit, ks = analysis["views"]["first"], analysis.get("power_law"), analysis["ks"]
     fig, (ax, ax_excess) = plt.subplots(1, 2, figsize=(10, 3.8))
-    errorbar(ax, ks, cells, "xe_late", fmt="o", color="C0", label="model (95% CI)")
+    scopes = errorbar(ax, ks, cells, "xe_late", marker="o", color="C0", label="model (95% CI)")
     for k in ks:
         ax.plot([k] * len(cells[k]["run_xe_late"]), cells[k]["run_xe_late"], ".", color="C0", alpha=0.4)
     if all("bayes_late" in cells[k] for k in ks):
@@ -648,30 +487,34 @@ def figure_late_power_law(analysis, results_dir):
     grid = np.linspace(min(ks), max(ks), 100)
     if fit and "params" in fit:
         a, c, beta = (fit["params"][n]["value"] for n in ("a", "c", "beta"))
-        ax.plot(grid, power_law(grid, a, c, beta), "C1-", label=f"E + B K^beta, beta = {beta:.2f}")
+        ax.plot(grid, power_law(grid, a, c, beta), "C1-",
+                label=f"E + B K^beta, beta = {beta:.2f}" + SCOPE_MARKS.get(fit.get("covers"), ""))
         ax_excess.plot(grid, power_law(grid, 0, c, beta) - power_law(ks[0], 0, c, beta), "C1-", label="fit")
     late_excess = {c["k"]: {"difference": c["difference"]} for c in analysis["contrasts"] if c["metric"] == "xe_late"}
-    errorbar(ax_excess, ks[1:], late_excess, "difference", fmt="o", color="C0", label="paired excess (95% CI)")
+    scopes |= errorbar(ax_excess, ks[1:], late_excess, "difference", marker="o", color="C0",
+                       label="paired excess (95% CI)")
     ax.set(xlabel="K", ylabel="XE, mean over t=51..100 (nats)", xticks=ks, title=f"{analysis['first']}: late positions")
     ax_excess.axhline(0, color="grey", lw=0.8)
     ax_excess.set(xlabel="K", ylabel=f"late XE_K - late XE_{ks[0]} (nats)", xticks=ks, title="data-scarcity excess")
     for a in (ax, ax_excess):
         a.grid(alpha=0.3)
         legend(a)
+    scope_footnote(fig, scopes)
     return save_figure(fig, results_dir, "fig_late_power_law")
 
 
 def figure_model_size(rows, results_dir):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ks = sorted({r["k"] for r in rows})
-    colours = k_colours(ks)
+    colours, scopes = k_colours(ks), set()
     for k in ks:
         sub = [r for r in rows if r["k"] == k]
         cells = {r["n_params"]: r for r in sub}
-        errorbar(ax, sorted(cells), cells, "xe_mean", fmt="o-", color=colours[k], label=f"K={k}")
+        scopes |= errorbar(ax, sorted(cells), cells, "xe_mean", marker="o", line="-", color=colours[k], label=f"K={k}")
     ax.set(xscale="log", xlabel="parameters", ylabel="XE, mean over t (nats)", title="first component vs model size")
     ax.grid(alpha=0.3, which="both")
     legend(ax)
+    scope_footnote(fig, scopes)
     return save_figure(fig, results_dir, "fig_model_size")
 
 
@@ -722,10 +565,25 @@ def number(v, digits=3):
 
 
 def fmt(ci, digits=3):
-    """'value [lo, hi]' for an interval dict."""
+    """'value [lo, hi]' for an interval dict, marked with what it covers (SCOPE_MARKS); 'value (n/a)' with none."""
     if ci is None:
         return "n/a"
-    return f"{number(ci['value'], digits)} [{number(ci['ci'][0], digits)}, {number(ci['ci'][1], digits)}]"
+    if ci.get("covers") == "n/a":
+        return f"{number(ci['value'], digits)} (n/a)"
+    return (f"{number(ci['value'], digits)} [{number(ci['ci'][0], digits)}, {number(ci['ci'][1], digits)}]"
+            + SCOPE_MARKS.get(ci.get("covers"), ""))
+
+
+def scope_notes(intervals):
+    """The footnotes for the partial intervals among `intervals` (dicts with "covers"), one per kind."""
+    present = {i.get("covers") for i in intervals if i}
+    return [SCOPE_NOTES[s] for s in SCOPES if s in present and s in SCOPE_NOTES]
+
+
+def fit_interval(fit, name):
+    """A fitted parameter as an interval dict that carries the fit's scope."""
+    p = fit["params"][name]
+    return {"value": p["value"], "ci": p["ci95"], "covers": fit.get("covers")}
 
 
 def fmt_fit(fit):
@@ -733,7 +591,7 @@ def fmt_fit(fit):
         return "not fitted"
     if "params" not in fit:
         return f"fit failed ({fit.get('error', '?')})"
-    return ", ".join(f"{n} = {fmt({'value': p['value'], 'ci': p['ci95']})}" for n, p in fit["params"].items()) + \
+    return ", ".join(f"{n} = {fmt(fit_interval(fit, n))}" for n in fit["params"]) + \
         f" ({fit['n_points']} points, rmse {fit['rmse']:.3g})"
 
 
@@ -742,7 +600,7 @@ def fmt_position_fit(fit):
     if not fit or "params" not in fit:
         return fmt_fit(fit)
     p = fit["params"]
-    ci = {n: {"value": p[n]["value"], "ci": p[n]["ci95"]} for n in p}
+    ci = {n: fit_interval(fit, n) for n in p}
     text = (f"x1 = {fmt(ci['x1'])}, d = {fmt(ci['d'])}, c = {fmt(ci['c'])}"
             + (f" (at its bound {min(fit['c_bounds'], key=lambda b: abs(b - p['c']['value'])):g})"
                if p["c"].get("at_bound") else "")
@@ -762,6 +620,17 @@ def fmt_p(p):
     return "n/a" if p is None or not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
 
 
+def single_seed_note(trend, n_ks):
+    """What the trend test's p-value rests on when some K has one run."""
+    ks = trend.get("single_seed_ks") or []
+    if not ks:
+        return ""
+    if len(ks) == n_ks:
+        return (" Every K has a single seed: the p-value rests on one run per K, where seed-to-seed noise and "
+                "lack of fit are one and the same.")
+    return f" The p-value rests on a single seed at K = {', '.join(str(k) for k in ks)}."
+
+
 def xe_vs_k_tables(ctx):
     """Per view: XE per K with intervals, the trend test and the ln K fit; then the paired contrasts."""
     a, synthetic, lines = ctx["analysis"], ctx["synthetic"], []
@@ -774,24 +643,31 @@ def xe_vs_k_tables(ctx):
             lines.append(f"| {k} | {s['n_seeds']} | {s['n_windows']} ({s['n_docs']}) | {', '.join(s['categories'])} "
                          f"| {fmt(s['xe_mean'])} | {fmt(s['xe_early'])} | {fmt(s['xe_late'])} |" +
                          (f" {fmt(s.get('bayes_mean'))} | {fmt(s.get('oracle_mean'))} |" if synthetic else ""))
+        notes = scope_notes([s["xe_mean"] for s in cells.values()] + [a["lnK_fits"].get(view)])
+        lines += [""] + notes if notes else []
         trend = a["trend"].get(view)
         if trend:
             lines += ["", f"Trend (regression of run-level XE on K, {trend['n_runs']} runs): slope "
                       f"{fmt({'value': trend['slope'], 'ci': trend['slope_ci']}, 4)} nats per component, "
                       f"p = {fmt_p(trend['p_value'])}; Spearman rho = {number(trend['spearman_rho'], 2)}, "
-                      f"p = {fmt_p(trend['spearman_p'])}. Fit XE = a + b ln K: {fmt_fit(a['lnK_fits'].get(view))}."]
+                      f"p = {fmt_p(trend['spearman_p'])}.{single_seed_note(trend, len(cells))} "
+                      f"Fit XE = a + b ln K: {fmt_fit(a['lnK_fits'].get(view))}."]
         else:
             lines += ["", "No trend test or ln K fit: they need at least 3 runs over at least 2 values of K."]
         lines.append("")
     if a.get("contrasts"):
         c0 = a["contrasts"][0]
         lines += [f"**Paired contrasts against K={c0['reference_k']}** on `{a['first']}` ({c0['n_windows']} shared "
-                  f"windows from {c0['n_docs']} documents; two-sided bootstrap p, which cannot go below "
-                  f"{2 / (ctx['cfg'].n_boot + 1):.2g} with {ctx['cfg'].n_boot} replicates; Holm-adjusted across "
-                  f"the K contrasts of each metric):", "",
+                  f"windows from {c0['n_docs']} documents; two-sided t-test p on the same t reference as the "
+                  f"interval; Holm-adjusted across the K contrasts of each metric):", "",
                   "| K | metric | difference (nats) | p | p (Holm) | seeds (K / ref) |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['k']} | {c['metric']} | {fmt(c['difference'], 4)} | {fmt_p(c['p_value'])} | "
                   f"{fmt_p(c['p_holm'])} | {c['n_seeds']} / {c['n_seeds_reference']} |" for c in a["contrasts"]]
+        notes = scope_notes([c["difference"] for c in a["contrasts"]])
+        if any(c.get("holm_single_seed") for c in a["contrasts"]):
+            notes.append("The p-values of marked rows rest on a single seed (or document), so they test less "
+                         "than the others; the Holm-adjusted p-values of their metric lean on them too.")
+        lines += [""] + notes if notes else []
     return lines
 
 
@@ -816,7 +692,7 @@ def figure_sections(ctx):
 
     section("XE against K", figure_xe_vs_k(a, results_dir),
             "Figure 1. Mean XE over positions t = 1..100 against K, per evaluation view; dots are single seeds, "
-            "error bars 95% bootstrap intervals" + (", dashed the Bayes-optimal predictor of each run's training "
+            "error bars 95% intervals" + (", dashed the Bayes-optimal predictor of each run's training "
             "mixture, dotted the oracle that knows the component" if synthetic else "") + ".", xe_vs_k_tables(ctx))
     if first is not None:
         fits = [f"- K={k}: {fmt_position_fit(f)}" for k, f in a["position_fits"].items()]
@@ -824,14 +700,10 @@ def figure_sections(ctx):
                 f"Figure 2. XE(t) on `{first}` per K (log position axis; bands: 95% CI over seeds and documents)" +
                 ("; dashed: Bayes-optimal predictor of each K's mixture; dotted: oracle" if synthetic else "") +
                 f". Right: paired excess XE_K(t) - XE_{ks[0]}(t).",
-                [f"Fits XE(t) = a + b t^-c to the mean curve in the form XE(t) = x1 - d (1 - t^-c) / c: x1 = a + b "
-                 f"is XE at t = 1, d = b c is the fall in XE per unit of ln t at t = 1, and c, the decay exponent, is "
-                 f"constrained to [{POSITION_C_BOUNDS[0]:g}, {POSITION_C_BOUNDS[1]:g}] (its interval clipped to that "
-                 f"range). As c -> 0 the law becomes x1 - d ln t, a logarithmic curve with no finite asymptote, so "
-                 f"x1 and d stay finite there. The asymptote a = x1 - d/c is given, with a delta-method interval, "
-                 f"only when c's 95% interval excludes 0; otherwise the curve is logarithmic within the window and "
-                 f"the data give no finite asymptote. Weighted by the per-position bootstrap standard error; 95% "
-                 f"intervals from the fit covariance (the positions share windows, so they are optimistic):", ""]
+                [f"Fitted to the mean curve, weighted by each position's standard error: "
+                 f"{law_explanation(position_law)} "
+                 f"c is constrained to [{POSITION_C_BOUNDS[0]:g}, {POSITION_C_BOUNDS[1]:g}] (its interval clipped to "
+                 f"that range).", ""]
                 + fits)
     if first is not None and len(ks) > 1:
         rows = [f"| {k} | {x['bound']:.3f} | {fmt(x['model'])} | {fmt(x['identification'])} |" +
@@ -844,11 +716,9 @@ def figure_sections(ctx):
                  "|---" * (4 + synthetic) + "|"] + rows)
         fit = a.get("power_law")
         section("Late-position XE against K", figure_late_power_law(a, results_dir),
-                f"Figure 4. Mean XE over t = 51..100 on `{first}` against K with the fitted XE_late(K) = E + B K^beta, "
-                f"fitted to run-level points as a + c (K^beta - 1) / beta (a = E + B is XE_late at K = 1, c = B beta; "
-                f"as beta -> 0 this becomes a + c ln K); intervals from the fit covariance. E = a - c/beta and "
-                f"B = c/beta follow, with delta-method intervals, only when beta's 95% interval excludes 0. Right: "
-                f"the paired late excess over K={ks[0]}, which the fit predicts as c (K^beta - 1) / beta.",
+                f"Figure 4. Mean XE over t = 51..100 on `{first}` against K with the fitted XE_late(K) = E + B K^beta "
+                f"(least squares over run-level points). {law_explanation(power_law)} Right: the paired late excess "
+                f"over K={ks[0]}, which the fit predicts as c (K^beta - 1) / beta.",
                 [power_law_line(fit)])
     else:
         notes.append("Figures 2-4 (positions, excess area, late-position law): they need a component in every "
@@ -885,11 +755,18 @@ def report(ctx, sections, notes):
              f"({main_runs[0]['eval']['n_params']:,} parameters), token budget **{budget:,}** tokens; "
              + ", ".join(f"K={k}: {n} seed(s)" for k, n in seeds.items()) +
              ". Every run is scored on the same fixed test windows, so comparisons across K are paired. XE is "
-             f"in nats per token. 95% intervals (in brackets) come from {cfg.n_boot} bootstrap replicates that "
-             "resample seeds and documents (one document draw shared by all seeds, since they share the windows).", ""]
+             "in nats per token.", "",
+             "**Intervals.** Each 95% interval (in brackets) is estimate +- t x standard error and generalises "
+             "over new seeds and new documents: the variance adds the seed and the document terms of the crossed "
+             "seeds x documents design, and the t quantile's Satterthwaite degrees of freedom make the interval "
+             "pay for estimating seed-to-seed variation from a few seeds (method: stats.py; coverage by "
+             "simulation: BENCHMARKS.md). Paired contrasts and their p-values use the same t. Fitted laws get "
+             f"their intervals from refitting on {cfg.n_boot} perturbed replicates per source of chance. A mark "
+             "says when an interval covers less: † documents only (one seed), ‡ seeds only (one document); "
+             "n/a: no interval (one of each).", ""]
     if min(seeds.values()) == 1:
-        lines += ["**Note:** at least one K has a single seed; its intervals reflect document sampling only, "
-                  "not seed-to-seed variation.", ""]
+        lines += ["**Note:** at least one K has a single seed; its intervals (marked †) cover document sampling "
+                  "only, not seed-to-seed variation.", ""]
     if a["first"] is None:
         lines += ["**Note:** no category is in every run's mixture: no per-position, excess-area or late-position "
                   "analysis.", ""]
@@ -946,7 +823,7 @@ def main(argv):
     shared = set.intersection(*({c for c in r["components"] if c in r["eval"]["categories"]} for r in main_runs))
     first = next((c for c in default_order + main_runs[0]["components"] if c in shared), None)
     print(f"main group: {main_key[0]} / {main_key[1]} / budget {main_key[2]:,}: {len(main_runs)} runs; "
-          f"first component {first}; {cfg.n_boot} bootstrap replicates")
+          f"first component {first}; {cfg.n_boot} replicates per source for the fits' intervals")
 
     analysis = analyse_group(main_runs, first, default_order[:5], cfg)
     ctx = {"cfg": cfg, "runs": runs, "skipped": skipped, "main_key": main_key, "main_runs": main_runs,

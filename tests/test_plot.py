@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import plot  # noqa: E402
+import stats  # noqa: E402
 from common import BLOCK, UserError, write_json  # noqa: E402
 
 T = np.arange(1, BLOCK + 1)
@@ -50,13 +51,13 @@ def fake_losses(rng, category_index, k, in_mixture, n_docs=12, n_windows=60):
 
 
 def make_run(out_dir, data_dir, name, k, seed, all_components, budget=12_000, epochs=4, synthetic=True,
-             size="4L-256d", n_params=1_000_000, done_tokens=None):
+             size="4L-256d", n_params=1_000_000, done_tokens=None, n_docs=12):
     folder = os.path.join(out_dir, name)
     components = all_components[:k]
     rng = np.random.default_rng([k, seed])
     categories, arrays = {}, {}
     for i, cat in enumerate(all_components):
-        docs, model, bayes, oracle = fake_losses(rng, i, k, cat in components)
+        docs, model, bayes, oracle = fake_losses(rng, i, k, cat in components, n_docs=n_docs)
         entry = {"n_windows": len(docs), "n_docs": len(np.unique(docs)), "in_mixture": cat in components}
         for key, values in (("", model), ("bayes", bayes), ("oracle", oracle)):
             if key and not synthetic:
@@ -119,117 +120,21 @@ def run_plot(sweep, *extra):
 
 
 # -----------------------------------------------------------------------------
-# statistics
-
-def simulate_crossed(rng, mu=2.0, n_seeds=4, n_docs=20, per_doc=3):
-    """Crossed design as in the harness: every seed scores the same documents."""
-    docs = np.repeat(np.arange(n_docs), per_doc)
-    doc_effect = rng.normal(0, 0.3, n_docs)[docs]
-    seed_effect = rng.normal(0, 0.05, n_seeds)[:, None]
-    return mu + seed_effect + doc_effect[None, :] + rng.normal(0, 0.2, (n_seeds, len(docs))), docs
-
-
-def per_seed_document_bootstrap(values, docs, n_boot, rng):
-    """The naive alternative: draw documents afresh for every drawn seed."""
-    n_seeds, n_docs = values.shape[0], docs.max() + 1
-    doc_means = np.stack([np.bincount(docs, v, n_docs) / np.bincount(docs) for v in values])  # (S, D)
-    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
-    picked = rng.integers(0, n_docs, (n_boot, n_seeds, n_docs))
-    return doc_means[seeds[:, :, None], picked].mean(axis=(1, 2))
-
-
-def test_bootstrap_coverage_near_nominal():
-    rng = np.random.default_rng(0)
-    hits, hits_naive = [], []
-    for rep in range(200):
-        values, docs = simulate_crossed(rng)
-        est, reps = plot.bootstrap_mean(values, docs, n_boot=400, seed=rep)
-        lo, hi = plot.interval(est, reps)["ci"]
-        hits.append(lo <= 2.0 <= hi)
-        lo, hi = np.percentile(per_seed_document_bootstrap(values, docs, 400, rng), [2.5, 97.5])
-        hits_naive.append(lo <= 2.0 <= hi)
-    assert 0.88 <= np.mean(hits) <= 0.99, np.mean(hits)
-    # drawing documents afresh per seed ignores that the seeds share them: intervals far too narrow
-    assert np.mean(hits_naive) < np.mean(hits) - 0.1, (np.mean(hits_naive), np.mean(hits))
-
-
-def test_bootstrap_shapes_single_seed_and_positions():
-    rng = np.random.default_rng(1)
-    values, docs = simulate_crossed(rng, n_seeds=1)
-    est, reps = plot.bootstrap_mean(values, docs, n_boot=200)
-    assert np.shape(est) == () and reps.shape == (200,) and reps.std() > 0
-    assert est == pytest.approx(values.mean())
-    curves = rng.normal(size=(2, 60, BLOCK))
-    est, reps = plot.bootstrap_mean(curves, np.repeat(np.arange(12), 5), n_boot=50)
-    assert est.shape == (BLOCK,) and reps.shape == (50, BLOCK)
-    np.testing.assert_allclose(est, curves.mean(axis=(0, 1)))
-
-
-def test_paired_difference_recovers_shift_and_beats_unpaired_width():
-    rng = np.random.default_rng(2)
-    base, docs = simulate_crossed(rng, n_seeds=3)
-    shifted = base[::-1] + 0.2 + rng.normal(0, 0.02, base.shape)      # same windows, +0.2 nats
-    est, reps = plot.bootstrap_paired_difference(shifted, base, docs, n_boot=1000)
-    ci = plot.interval(est, reps)["ci"]
-    assert ci[0] < 0.2 < ci[1] and est == pytest.approx(0.2, abs=0.05)
-    assert plot.bootstrap_p_value(reps) < 0.01
-    _, reps_a = plot.bootstrap_mean(shifted, docs, n_boot=1000)
-    _, reps_b = plot.bootstrap_mean(base, docs, n_boot=1000, seed=9)
-    assert reps.std() < 0.5 * (reps_a - reps_b).std()                 # pairing removes document variance
-    null = plot.bootstrap_p_value(rng.normal(0, 1, 2000))
-    assert null > 0.2
-
-
-def test_holm_matches_hand_computation():
-    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max
-    np.testing.assert_allclose(plot.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
-    np.testing.assert_allclose(plot.holm([0.5, 0.9]), [1.0, 1.0])
-    assert plot.holm([]).shape == (0,)
-
-
-def test_trend_test():
-    k = np.repeat([1, 2, 3, 4, 5], 3)
-    y = 2.0 + 0.1 * k + np.random.default_rng(3).normal(0, 0.01, len(k))
-    trend = plot.trend_test(k, y)
-    assert trend["p_value"] < 1e-6 and trend["slope_ci"][0] < 0.1 < trend["slope_ci"][1]
-    assert trend["spearman_rho"] > 0.9
-    assert plot.trend_test([1, 1, 1], [1, 2, 3]) is None
-
+# the report lines of the fitted laws (the statistics themselves: tests/test_stats.py)
 
 def check_params(fit, truth, rtol):
     for name, value in truth.items():
         p = fit["params"][name]
         assert p["value"] == pytest.approx(value, rel=rtol), (name, p)
         assert p["ci95"][0] < p["value"] < p["ci95"][1], (name, p)
-        assert abs(p["value"] - value) < 4 * p["se"], (name, p)        # the interval is honest too
+        assert abs(p["value"] - value) < 4 * p["se"], (name, p)
 
 
-def test_fits_recover_known_parameters():
-    rng = np.random.default_rng(4)
+def test_power_law_line_says_when_beta_reaches_zero():
     k = np.repeat(np.arange(1, 6), 3).astype(float)
-    late = 2.0 + 0.1 * k ** 0.6 + rng.normal(0, 0.002, len(k))            # E + B K^beta
-    fit = plot.fit_power_law(k, late)
-    check_params(fit, {"E": 2.0, "B": 0.1, "beta": 0.6, "a": 2.1, "c": 0.06}, 0.25)
-    assert fit["E_B"]
-    np.testing.assert_allclose(plot.power_law(k, 2.1, 0.06, 0.6), 2.0 + 0.1 * k ** 0.6)
-    # a logarithmic trend is the beta -> 0 end of the family: finite parameters, beta near 0, and no
-    # E, B (they would run off to -/+ infinity with meaningless delta-method intervals)
-    fit = plot.fit_power_law(k, 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.002, len(k)))
-    check_params(fit, {"a": 3.0, "c": 0.2}, 0.05)
-    assert abs(fit["params"]["beta"]["value"]) < 0.2
-    assert not fit["E_B"] and "E" not in fit["params"] and "B" not in fit["params"]
+    fit = stats.fit_power_law(k, 3.0 + 0.2 * np.log(k) + np.random.default_rng(4).normal(0, 0.002, len(k)))
     assert "logarithmic in K" in plot.power_law_line(fit)
-    xe = 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.01, len(k))
-    check_params(plot.fit_linear_in_log_k(k, xe), {"a": 3.0, "b": 0.2}, 0.1)
-    assert plot.fit_law(plot.linear, [1, 2], [1, 2], p0=[0, 1])["params"]["a"]["se"] != 0   # dof 0: no crash
-
-
-def test_position_law_parametrization():
-    # x1 - d (1 - t^-c) / c is a + b t^-c with x1 = a + b, d = b c, and x1 - d ln t at c = 0, continuously
-    np.testing.assert_allclose(plot.position_law(T, 3.5, 1.4, 0.7), 1.5 + 2.0 * T ** -0.7)
-    np.testing.assert_allclose(plot.position_law(T, 3.0, 0.25, 0.0), 3.0 - 0.25 * np.log(T))
-    np.testing.assert_allclose(plot.position_law(T, 3.0, 0.25, 1e-7), 3.0 - 0.25 * np.log(T), atol=1e-6)
-    np.testing.assert_allclose(plot.position_law(T, 3.0, 0.25, 1e-13), 3.0 - 0.25 * np.log(T))
+    assert "needs at least 3 values of K" in plot.power_law_line(None)
 
 
 def finite_interval(p, max_width):
@@ -241,7 +146,7 @@ def test_position_fit_power_law_curve():
     """A clearly power-law curve a + b t^-c: x1, d, c recovered, and the asymptote a with an interval."""
     rng = np.random.default_rng(5)
     curve = 1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.005, BLOCK)
-    fit = plot.fit_position_curve(curve, np.full(BLOCK, 0.005))
+    fit = stats.fit_position_curve(curve, np.full(BLOCK, 0.005))
     check_params(fit, {"x1": 3.5, "d": 1.4, "c": 0.7, "a": 1.5}, 0.05)
     assert fit["asymptote"] and fit["params"]["a"]["derived"] and not fit["params"]["c"]["at_bound"]
     line = plot.fmt_position_fit(fit)
@@ -259,7 +164,7 @@ def test_position_fit_near_logarithmic_curve_stays_finite(exponent):
     d = 0.25
     exact = 3.0 - d * np.log(T) if exponent == 0 else (3.0 - d / exponent) + (d / exponent) * T ** -exponent
     noise = 0.01
-    fit = plot.fit_position_curve(exact + rng.normal(0, noise, BLOCK), np.full(BLOCK, noise))
+    fit = stats.fit_position_curve(exact + rng.normal(0, noise, BLOCK), np.full(BLOCK, noise))
     p = fit["params"]
     check_params(fit, {"x1": 3.0, "d": d}, 0.05)
     finite_interval(p["x1"], 0.1)
@@ -273,7 +178,7 @@ def test_position_fit_near_logarithmic_curve_stays_finite(exponent):
 
 def test_position_fit_flat_curve():
     rng = np.random.default_rng(7)
-    fit = plot.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
+    fit = stats.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
     check_params(fit, {"x1": 2.4}, 0.02)
     finite_interval(fit["params"]["d"], 0.1)
     assert not fit["asymptote"] and "flat within the noise" in plot.fmt_position_fit(fit)
@@ -349,6 +254,45 @@ def test_single_k_single_seed_arxiv_like(tmp_path):
     assert not os.path.exists(os.path.join(results, "fig_excess_area.png"))
     for target in re.findall(r"\]\(([^)]+)\)", text):
         assert os.path.exists(os.path.join(results, target)), target
+
+
+def test_one_seed_cell_is_labelled_documents_only(sweep):
+    """K = 3 with one seed: its intervals, the contrasts against it, the fits, Holm and the trend say so."""
+    import shutil
+    shutil.rmtree(os.path.join(sweep["out"], "k3-s1"))
+    text = run_plot(sweep)
+    fits = json.load(open(os.path.join(sweep["results"], "fits.json")))
+    first = fits["views"]["first"]
+    assert first["3"]["xe_mean"]["covers"] == "documents only"
+    assert first["2"]["xe_mean"]["covers"] == "seeds and documents"
+    row = next(line for line in text.splitlines() if line.startswith("| 3 | 1 | 60 (12) | chain0 |"))
+    assert row.count("†") >= 3
+    assert "† one seed: the interval is over documents only" in text
+    assert "The p-value rests on a single seed at K = 3." in text
+    assert "Holm-adjusted p-values of their metric lean on them too" in text
+    assert fits["fits"]["late_power_law"]["covers"] == "documents only"
+    contrasts = fits["tests"]["contrasts_vs_reference_k"]
+    assert {c["difference"]["covers"] for c in contrasts if c["k"] == 3} == {"documents only"}
+    assert all(c["holm_single_seed"] for c in contrasts)
+
+
+def test_one_document_says_seeds_only_and_one_of_each_says_n_a(tmp_path):
+    components = ["chain0", "chain1"]
+    data_dir = make_dataset(str(tmp_path), components)
+    out_dir = str(tmp_path / "out")
+    for k, seeds in ((1, (0, 1)), (2, (0,))):
+        for seed in seeds:
+            make_run(out_dir, data_dir, f"k{k}-s{seed}", k, seed, components, n_docs=1)
+    results = str(tmp_path / "results")
+    plot.main([f"--out={out_dir}", f"--results={results}", "--n_boot=50"])
+    text = open(os.path.join(results, "REPORT.md")).read()
+    fits = json.load(open(os.path.join(results, "fits.json")))
+    assert fits["views"]["first"]["1"]["xe_mean"]["covers"] == "seeds only"
+    assert fits["views"]["first"]["2"]["xe_mean"]["covers"] == "n/a"
+    assert "‡ one document: the interval is over seeds only" in text and "(n/a)" in text
+    lo, hi = fits["views"]["first"]["1"]["xe_mean"]["ci"]
+    assert hi > lo                                                        # never a zero-width interval
+    assert fits["views"]["first"]["2"]["xe_mean"]["ci"] == [None, None]
 
 
 def test_no_runs_is_a_user_error(tmp_path):

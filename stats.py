@@ -1,0 +1,955 @@
+"""
+Statistics of the harness: intervals over seeds and documents, paired differences, Holm, the trend
+test, the fitted laws with intervals from refitting, and a coverage benchmark that checks the
+intervals by simulation. No plotting here; plot.py draws and writes what this module computes.
+
+    python stats.py --coverage                 # coverage table: regime x seeds x method (markdown)
+    python stats.py --fits                     # coverage of the fitted laws' intervals
+
+Design. Every run of a dataset is scored on the same evaluation windows, grouped by document, so
+the data are crossed: seeds x documents. An estimate is the plain mean over seeds of the window
+mean (a paired difference: that of K minus that of the reference K, on the same windows). It
+should generalise over both sources of chance: a new set of seeds AND a new set of documents.
+
+Intervals (the method, documented here once). With Z[s, d] the mean of seed s's windows in
+document d and w_d the document's share of the windows, the two-way crossed random-effects model
+Z[s, d] = mu + seed_s + doc_d + residual_sd gives the variance of the estimate as
+
+    Var = var_seed / S + sum_d w_d^2 var_doc + sum_d w_d^2 var_residual / S,
+
+estimated by ANOVA moments (Cornfield & Tukey 1956; Searle, Casella & McCulloch 1992, ch. 4):
+    seed term      V_seed = sample variance of the per-seed estimates / S   (df S - 1),
+    document term  V_doc  = D / (D - 1) sum_d w_d^2 (column mean_d - estimate)^2   (df D - 1),
+    interaction    V_int  = D / (D - 1) sum_d w_d^2 sum_s residual_sd^2 / (S - 1) / S,
+and Var = V_seed + max(V_doc - V_int, 0): each column mean carries the residual once more, which
+the seed term already counts. With equal windows per document these are the classical unbiased
+mean squares. A paired difference adds the seed terms of both sides (different training runs)
+and takes the document term from the per-document difference, so pairing cancels the document
+main effect. The interval is estimate +- t(0.975, nu) sqrt(Var), nu the Welch-Satterthwaite
+degrees of freedom of that sum of mean squares (Satterthwaite 1946; Welch 1947 for the two
+sides of a difference). Why not the bootstrap: resampling 3 seeds with replacement underestimates
+their variance by (S - 1) / S and has only 10 distinct draws, so where seeds dominate a paired
+difference, the crossed bootstrap covers 82% at 3 seeds instead of 95%; the t quantile with nu
+near S - 1 pays for estimating the seed variance from S values and covers 94-96% at 3 and 5 seeds
+and 94-97% at 2 in every regime (`coverage_table`, BENCHMARKS.md). It errs on the safe side where
+seeds dominate a difference: the Satterthwaite df, estimated, run a little below the true df.
+
+What an interval covers (`interval_scope`): with one seed the seed term cannot be estimated, so
+the interval is over documents only (conditional on that seed's training run); with one
+document, over seeds only; with one of each, nothing ("n/a", never a zero-width interval).
+
+Fitted laws get intervals from refitting on perturbed data (`crossed_replicates`): one block of
+replicates per term above (the seeds of each cell; the documents, one draw shared by every cell
+because the cells share documents; the residual, subtracted), each a Gaussian-multiplier (wild)
+bootstrap whose replicate covariance equals that term, so that a law's interval carries the
+correlation between positions and between K values that share windows. A parameter's per-block
+variances combine as the terms do, and their Satterthwaite df sets the t quantile, as for a mean.
+"""
+import argparse
+import inspect
+import math
+import time
+import warnings
+from collections import namedtuple
+
+import numpy as np
+from scipy import optimize, sparse
+from scipy import stats as scipy_stats
+
+from common import BLOCK
+
+LEVEL = 0.95
+SCOPES = ("seeds and documents", "documents only", "seeds only", "n/a")
+
+
+# -----------------------------------------------------------------------------
+# the design: per-seed document means
+
+DocumentMeans = namedtuple("DocumentMeans", "means weights ids")   # (S, D, *P), (D,), (D,)
+
+
+def document_means(values, docs):
+    """
+    Per seed, the mean of `values` (S seeds, N windows[, ...]) over each document's windows, the
+    documents' shares of the windows (the weights that make their weighted mean the window mean)
+    and the document ids. Document ids may be any sortable values (numbers, 'category:doc' strings).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n_seeds, n_windows = values.shape[:2]
+    ids, index = np.unique(np.asarray(docs), return_inverse=True)
+    index = index.ravel()
+    counts = np.bincount(index, minlength=len(ids)).astype(np.float64)
+    grouping = sparse.csr_matrix((np.ones(n_windows), (index, np.arange(n_windows))),
+                                 shape=(len(ids), n_windows))
+    flat = values.reshape(n_seeds, n_windows, -1)
+    sums = np.stack([grouping @ flat[s] for s in range(n_seeds)])
+    means = (sums / counts[None, :, None]).reshape((n_seeds, len(ids)) + values.shape[2:])
+    return DocumentMeans(means, counts / n_windows, ids)
+
+
+def interval_scope(seed_counts, n_docs):
+    """
+    What an interval over these cells can cover: "seeds and documents", "documents only" (a cell
+    has one seed: seed-to-seed variation cannot be estimated), "seeds only" (one document) or "n/a".
+    The single place that decides it; tables, figures and fits all ask here.
+    """
+    seeds, documents = min(seed_counts) >= 2, n_docs >= 2
+    return SCOPES[0] if seeds and documents else SCOPES[1] if documents else SCOPES[2] if seeds else SCOPES[3]
+
+
+# -----------------------------------------------------------------------------
+# the chosen interval: crossed random-effects variance, Satterthwaite df, t quantile
+
+def _weighted_sum(weights, array):
+    """sum_d weights[d] * array[d, ...] over the first axis."""
+    return np.tensordot(weights, array, axes=(0, 0))
+
+
+def _residuals(means, per_seed):
+    """Z[s, d] - per-seed estimate - column mean + estimate: the seed x document residual (S, D, *P)."""
+    columns = means.mean(axis=0)
+    return means - per_seed[:, None] - columns[None] + per_seed.mean(axis=0)[None, None]
+
+
+def _moment_terms(means, weights):
+    """One side's per-seed estimates (S, *P), its seed term V_seed and interaction term V_int."""
+    n_seeds, n_docs = means.shape[:2]
+    per_seed = np.tensordot(means, weights, axes=(1, 0)).reshape((n_seeds,) + means.shape[2:])
+    nan = np.full(means.shape[2:], np.nan)
+    if n_seeds < 2:
+        return per_seed, nan, nan
+    seed_term = per_seed.var(axis=0, ddof=1) / n_seeds
+    if n_docs < 2:
+        return per_seed, seed_term, nan
+    per_doc = (_residuals(means, per_seed) ** 2).sum(axis=0) / (n_seeds - 1)
+    interaction = n_docs / (n_docs - 1) * _weighted_sum(weights ** 2, per_doc) / n_seeds
+    return per_seed, seed_term, interaction
+
+
+def _document_term(columns, weights):
+    """D / (D - 1) sum_d w_d^2 (column_d - weighted mean)^2: the cluster variance over documents."""
+    n_docs = len(weights)
+    if n_docs < 2:
+        return np.full(columns.shape[1:], np.nan)
+    deviation = columns - _weighted_sum(weights, columns)[None]
+    return n_docs / (n_docs - 1) * _weighted_sum(weights ** 2, deviation ** 2)
+
+
+def satterthwaite(pieces):
+    """
+    sum of signed variance pieces [(variance, df)], elementwise, and its Welch-Satterthwaite df
+    (sum)^2 / sum(piece^2 / df). A zero total gets df = inf (no spread: no quantile to pay for).
+    """
+    total = sum(v for v, _ in pieces)
+    if len(pieces) == 1:                       # nothing to combine: the piece's own df, exactly
+        return total, np.where(np.asarray(total) > 0, float(pieces[0][1]), np.inf)
+    denominator = sum(np.asarray(v) ** 2 / df for v, df in pieces)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(denominator > 0, np.asarray(total) ** 2 / np.where(denominator > 0, denominator, 1), np.inf)
+    return total, df
+
+
+def combine_terms(pieces):
+    """
+    [(source, df, sign, variance)] -> (variance, df), elementwise: seeds + documents - interaction
+    with Satterthwaite df. Where documents - interaction is not positive the documents add nothing
+    measurable (the document term only repeats the residual) and the seed terms stand alone.
+    The one rule for intervals of means and differences and for refitted laws alike.
+    """
+    seeds = [(v, df) for source, df, sign, v in pieces if source.startswith("seeds")]
+    documents = [(sign * np.asarray(v), df) for source, df, sign, v in pieces if not source.startswith("seeds")]
+    if not (seeds and documents):
+        return satterthwaite(seeds + documents)
+    together, alone = satterthwaite(seeds + documents), satterthwaite(seeds)
+    keep = sum(v for v, _ in documents) > 0
+    return np.where(keep, together[0], alone[0]), np.where(keep, together[1], alone[1])
+
+
+def crossed_variance(sides, weights):
+    """
+    Variance of sum(sign * estimate) over `sides` [(doc means (S, D, *P), sign)] that share the
+    documents, with its Satterthwaite df and what it covers (module docstring). Elementwise over P.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    n_docs = len(weights)
+    covers = interval_scope([len(m) for m, _ in sides], n_docs)
+    columns = sum(sign * means.mean(axis=0) for means, sign in sides)        # per-document contrast
+    estimate = _weighted_sum(weights, columns)
+    if covers == "n/a":
+        nan = np.full(np.shape(estimate), np.nan)
+        return {"estimate": estimate, "variance": nan, "df": nan, "covers": covers}
+    terms = [(_moment_terms(means, weights), len(means)) for means, _ in sides]
+    pieces = []
+    if covers != "documents only":       # with one seed, conditional on it: no seed term
+        pieces += [("seeds", n_seeds - 1, 1.0, t[1]) for t, n_seeds in terms]
+    if covers != "seeds only":
+        pieces.append(("documents", n_docs - 1, 1.0, _document_term(columns, weights)))
+    if covers == "seeds and documents":
+        pieces += [("interaction", (n_seeds - 1) * (n_docs - 1), -1.0, t[2]) for t, n_seeds in terms]
+    variance, df = combine_terms(pieces)
+    return {"estimate": estimate, "variance": variance, "df": df, "covers": covers}
+
+
+def t_interval(estimate, variance, df, covers, level=LEVEL):
+    """{"value", "ci", "se", "df", "covers"}: estimate +- t(level, df) se (arrays become lists)."""
+    se = np.sqrt(variance)
+    with np.errstate(invalid="ignore"):
+        half = scipy_stats.t.ppf(0.5 + level / 2, df) * se
+    as_list = lambda x: np.asarray(x, dtype=float).tolist()     # noqa: E731
+    return {"value": as_list(estimate), "ci": [as_list(estimate - half), as_list(estimate + half)],
+            "se": as_list(se), "df": as_list(df), "covers": covers}
+
+
+def t_p_value(estimate, variance, df):
+    """Two-sided p for 'the expected value is 0' from the same t reference as the interval."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = np.abs(estimate) / np.sqrt(variance)
+        p = 2 * scipy_stats.t.sf(statistic, df)
+    return np.where(np.asarray(variance) == 0, np.where(np.asarray(estimate) == 0, 1.0, 0.0), p)
+
+
+def mean_interval(cell, level=LEVEL):
+    """The mean over seeds and windows of one cell (DocumentMeans) with its crossed t interval."""
+    v = crossed_variance([(cell.means, 1.0)], cell.weights)
+    return t_interval(v["estimate"], v["variance"], v["df"], v["covers"], level)
+
+
+def difference_interval(cell_a, cell_b, level=LEVEL):
+    """
+    Paired a - b of two cells on the same documents (each side's seeds are separate training
+    runs): the mean over a's seeds minus the mean over b's seeds, averaged over windows, with its
+    crossed t interval and the two-sided p-value of 'no difference' ("p_value").
+    """
+    if not np.array_equal(cell_a.ids, cell_b.ids):
+        raise ValueError("a paired difference needs both cells on the same documents")
+    v = crossed_variance([(cell_a.means, 1.0), (cell_b.means, -1.0)], cell_a.weights)
+    result = t_interval(v["estimate"], v["variance"], v["df"], v["covers"], level)
+    result["p_value"] = np.asarray(t_p_value(v["estimate"], v["variance"], v["df"])).tolist()
+    return result
+
+
+def crossed_mean(values, docs, level=LEVEL):
+    """Mean over seeds and windows of `values` (S, N[, P]) with its crossed t interval."""
+    return mean_interval(document_means(values, docs), level)
+
+
+def crossed_paired_difference(a, b, docs, level=LEVEL):
+    """Paired a - b of window values (S_a, N[, P]) and (S_b, N[, P]) on the same windows; see difference_interval."""
+    return difference_interval(document_means(a, docs), document_means(b, docs), level)
+
+
+def interval_component(result, index):
+    """Entry `index` of an interval over a vector of statistics: every list-valued field indexed."""
+    pick = lambda x: x[index] if isinstance(x, list) else x       # noqa: E731
+    return {key: ([pick(x) for x in value] if key == "ci" else pick(value)) for key, value in result.items()}
+
+
+# -----------------------------------------------------------------------------
+# the previous method, kept as the coverage benchmark's baseline: the crossed percentile bootstrap
+
+def _resample_counts(rng, n, size):
+    """How often each of n units is drawn in each of `size` resamples of n with replacement."""
+    draws = rng.integers(0, n, (size, n)) + n * np.arange(size)[:, None]
+    return np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+def _doc_sums(values, docs):
+    """Sum of each seed's window values within each document: (S, D, P); windows per document (D,)."""
+    values = np.asarray(values, dtype=np.float64)
+    n_seeds, n_windows = values.shape[:2]
+    doc_index = np.unique(np.asarray(docs), return_inverse=True)[1].ravel()
+    grouping = sparse.csr_matrix((np.ones(n_windows), (doc_index, np.arange(n_windows))),
+                                 shape=(doc_index.max() + 1, n_windows))
+    flat = values.reshape(n_seeds, n_windows, -1)
+    sums = np.stack([grouping @ flat[s] for s in range(n_seeds)])
+    return sums, np.asarray(grouping.sum(axis=1)).ravel()
+
+
+def _crossed_bootstrap(sides, docs, n_boot, seed):
+    """sum(sign * seed-mean) over sides that share windows; seeds per side and documents resampled."""
+    rng = np.random.default_rng(seed)
+    summed = [(_doc_sums(values, docs), sign) for values, sign in sides]
+    counts = summed[0][0][1]
+    doc_weights = _resample_counts(rng, len(counts), n_boot)            # (B, D), shared
+    numerator, estimate = 0.0, 0.0
+    for (sums, _), sign in summed:
+        n_seeds = len(sums)
+        seed_weights = _resample_counts(rng, n_seeds, n_boot) / n_seeds  # (B, S)
+        for s in range(n_seeds):
+            numerator = numerator + sign * seed_weights[:, [s]] * (doc_weights @ sums[s])
+        estimate = estimate + sign * sums.mean(axis=0).sum(axis=0) / counts.sum()
+    return estimate, numerator / (doc_weights @ counts)[:, None]
+
+
+def bootstrap_mean(values, docs, n_boot=2000, seed=0):
+    """
+    The baseline: mean over seeds and windows of `values` (S, N[, P]) and n_boot replicates that
+    resample seeds and documents with replacement, one document draw for all seeds (they share
+    the windows). Returns (estimate: scalar or (P,), replicates: (n_boot,) or (n_boot, P)).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    estimate, reps = _crossed_bootstrap([(values, 1.0)], docs, n_boot, seed)
+    return estimate.reshape(values.shape[2:]), reps.reshape((n_boot,) + values.shape[2:])
+
+
+def bootstrap_paired_difference(a, b, docs, n_boot=2000, seed=0):
+    """The baseline for a - b on shared windows: each side's seeds and the (shared) documents resampled."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    estimate, reps = _crossed_bootstrap([(a, 1.0), (b, -1.0)], docs, n_boot, seed)
+    return estimate.reshape(a.shape[2:]), reps.reshape((n_boot,) + a.shape[2:])
+
+
+def percentile_interval(estimate, reps, level=LEVEL):
+    """Percentile interval of bootstrap replicates: {"value", "ci"} (arrays become lists)."""
+    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return {"value": np.asarray(estimate).tolist(), "ci": [lo.tolist(), hi.tolist()]}
+
+
+# -----------------------------------------------------------------------------
+# tests across K
+
+def holm(p_values):
+    """Holm step-down adjusted p-values (family-wise error control), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    stepped = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted
+
+
+def trend_test(k, y):
+    """
+    Linear regression of run-level XE on K (slope, 95% CI, p) and Spearman's rank correlation.
+    "single_seed_ks" lists the K values with one run: there the residual scatter that the p-value
+    rests on is one seed's, and with one seed at every K it is lack of fit and seed noise together.
+    """
+    k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
+    if len(np.unique(k)) < 2 or len(y) < 3:
+        return None
+    fit = scipy_stats.linregress(k, y)
+    half = scipy_stats.t.ppf(0.975, len(y) - 2) * fit.stderr
+    rho, p_rank = scipy_stats.spearmanr(k, y)
+    values, counts = np.unique(k, return_counts=True)
+    return {"slope": fit.slope, "slope_ci": [fit.slope - half, fit.slope + half],
+            "p_value": fit.pvalue, "spearman_rho": rho, "spearman_p": p_rank, "n_runs": len(y),
+            "single_seed_ks": [int(v) if float(v).is_integer() else float(v) for v in values[counts == 1]]}
+
+
+# -----------------------------------------------------------------------------
+# fitted laws: point fits (least squares), in forms that stay finite at their logarithmic limits
+
+def linear(x, a, b):
+    return a + b * x
+
+
+def power_law(k, a, c, beta):
+    """
+    E + B K^beta written as a + c (K^beta - 1) / beta, with a = E + B (the value at K = 1) and
+    c = B beta (the slope in ln K at K = 1). Same curves, but this form stays finite as beta -> 0,
+    where it becomes a + c ln K; in the E, B form a nearly logarithmic trend sends E and B off to
+    -inf and +inf with meaningless intervals. E = a - c / beta and B = c / beta are reported only
+    when beta's interval excludes 0.
+    """
+    return a + c * growth(np.log(k), beta)
+
+
+def growth(log_k, beta):
+    """
+    (K^beta - 1) / beta from ln K, and its beta -> 0 limit ln K (expm1 keeps small beta accurate).
+    Broadcasts: beta may be an array of exponents (one row per refitted replicate).
+    """
+    beta = np.asarray(beta, dtype=float)
+    small = np.abs(beta) < 1e-9
+    safe = np.where(small, 1.0, beta)
+    return np.where(small, log_k, np.expm1(safe * log_k) / safe)
+
+
+POSITION_C_BOUNDS = (0.0, 5.0)   # decay exponent c of the per-position law
+POWER_BETA_BOUNDS = (-4.0, 4.0)  # exponent beta of the late-position power law in K
+
+
+def log_decay(log_t, c):
+    """(1 - t^-c) / c from ln t, and its c -> 0 limit ln t (expm1 keeps small c accurate); broadcasts like growth."""
+    c = np.asarray(c, dtype=float)
+    small = np.abs(c) < 1e-12
+    safe = np.where(small, 1.0, c)
+    return np.where(small, log_t, -np.expm1(-safe * log_t) / safe)
+
+
+def position_law(t, x1, d, c):
+    """
+    XE(t) = a + b t^-c written as x1 - d (1 - t^-c) / c, with x1 = a + b (XE at t = 1) and d = b c
+    (the fall per unit ln t at t = 1). Same curves for c > 0, but this form stays finite as c -> 0,
+    where it becomes x1 - d ln t; in the a, b form a nearly logarithmic curve sends a and b off to
+    -inf and +inf with meaningless intervals. The asymptote a = x1 - d / c exists only for c > 0
+    and is reported only when c's interval excludes 0.
+    """
+    return x1 - d * log_decay(np.log(t), c)
+
+
+def fit_law(f, x, y, p0, sigma=None, bounds=(-np.inf, np.inf)):
+    """curve_fit with t-distribution 95% intervals from the covariance; never raises."""
+    names = f.__code__.co_varnames[1:f.__code__.co_argcount]
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dof = len(y) - len(p0)
+    try:
+        with warnings.catch_warnings():        # no covariance when dof = 0: we report no interval then
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            params, cov = optimize.curve_fit(f, x, y, p0=p0, sigma=sigma, bounds=bounds, maxfev=20000)
+    except (RuntimeError, ValueError, TypeError) as e:
+        return {"law": f.__name__, "error": str(e), "n_points": len(y)}
+    se = np.sqrt(np.clip(np.diag(cov), 0, None)) if dof > 0 else np.full(len(params), np.nan)
+    half = scipy_stats.t.ppf(0.975, dof) * se if dof > 0 else se
+    rmse = float(np.sqrt(np.mean((y - f(x, *params)) ** 2)))
+    return {"law": f.__name__, "n_points": len(y), "dof": dof, "rmse": rmse, "cov": cov if dof > 0 else None,
+            "interval": "fit covariance",
+            "params": {n: {"value": v, "se": s, "ci95": [v - h, v + h]}
+                       for n, v, s, h in zip(names, params, se, half)}}
+
+
+def derived_parameter(fit, name, value, gradient, block_covariances=None):
+    """
+    Add a function of the fitted parameters with a delta-method t interval: from the per-source
+    covariances of refitted replicates (Satterthwaite df) when given, else the fit covariance.
+    """
+    gradient = np.asarray(gradient, dtype=float)
+    if block_covariances:
+        variance, df = combine_terms([(source, block_df, sign, float(gradient @ cov @ gradient))
+                                       for source, block_df, sign, cov in block_covariances])
+    else:
+        variance, df = float(gradient @ fit["cov"] @ gradient), fit["dof"]
+    se = math.sqrt(max(float(variance), 0.0))
+    half = float(scipy_stats.t.ppf(0.975, df)) * se
+    fit["params"][name] = {"value": value, "se": se, "ci95": [value - half, value + half], "derived": True}
+
+
+# -----------------------------------------------------------------------------
+# intervals for fitted laws: refit on replicates from each source of chance
+
+def _seed_block(cells, i, rng, n_rep):
+    """Cell i's seeds: multipliers on its per-seed estimates; replicate covariance V_seed."""
+    per_seed = _moment_terms(cells[i].means, cells[i].weights)[0]
+    n_seeds = len(per_seed)
+    multipliers = rng.standard_normal((n_rep, n_seeds)) * math.sqrt(n_seeds / (n_seeds - 1)) / n_seeds
+    deltas = np.zeros((n_rep, len(cells)) + per_seed.shape[1:])
+    deltas[:, i] = np.tensordot(multipliers, per_seed - per_seed.mean(axis=0), axes=(1, 0))
+    return f"seeds of cell {i}", n_seeds - 1, 1.0, deltas
+
+
+def _document_block(cells, rng, n_rep):
+    """The documents: one multiplier per document, shared by every cell that holds it; covariance V_doc."""
+    all_ids = np.unique(np.concatenate([np.asarray(c.ids) for c in cells]))
+    multipliers = rng.standard_normal((n_rep, len(all_ids)))
+    deltas = np.zeros((n_rep, len(cells)) + cells[0].means.shape[2:])
+    for i, cell in enumerate(cells):
+        n_docs, columns = len(cell.weights), cell.means.mean(axis=0)
+        spread = columns - _weighted_sum(cell.weights, columns)[None]
+        shared = multipliers[:, np.searchsorted(all_ids, cell.ids)] * cell.weights
+        deltas[:, i] = math.sqrt(n_docs / (n_docs - 1)) * np.tensordot(shared, spread, axes=(1, 0))
+    return "documents", min(len(c.weights) for c in cells) - 1, 1.0, deltas
+
+
+def _interaction_block(cells, rng, n_rep):
+    """The residual that the seed and document blocks both carry: covariance V_int, to subtract."""
+    deltas = np.zeros((n_rep, len(cells)) + cells[0].means.shape[2:])
+    for i, cell in enumerate(cells):
+        n_seeds, n_docs = cell.means.shape[:2]
+        per_seed = _moment_terms(cell.means, cell.weights)[0]
+        weights = cell.weights.reshape((1, n_docs) + (1,) * (cell.means.ndim - 2))
+        residual = _residuals(cell.means, per_seed) * weights
+        multipliers = rng.standard_normal((n_rep, n_seeds, n_docs))
+        scale = math.sqrt(n_docs / ((n_docs - 1) * n_seeds * (n_seeds - 1)))
+        deltas[:, i] = scale * np.tensordot(multipliers, residual, axes=([1, 2], [0, 1]))
+    return "interaction", min((len(c.means) - 1) * (len(c.weights) - 1) for c in cells), -1.0, deltas
+
+
+def crossed_replicates(cells, n_rep=400, seed=0):
+    """
+    Perturbations of each cell's mean (a cell: one K's DocumentMeans, (S, D, *P)) for refitting,
+    one block per term of the crossed variance: (covers, [(source, df, sign, deltas (n_rep,
+    n_cells, *P))]). Gaussian multipliers (a wild bootstrap) scaled so that each block's replicate
+    covariance is its moment term, across positions and cells too: per cell, its seeds; the
+    documents; and the seed x document residual that both repeat, subtracted (sign -1). Which
+    blocks there are follows interval_scope. Cells may hold different documents.
+    """
+    rng = np.random.default_rng(seed)
+    covers = interval_scope([len(c.means) for c in cells], min(len(c.weights) for c in cells))
+    blocks = []
+    if covers in ("seeds and documents", "seeds only"):
+        blocks += [_seed_block(cells, i, rng, n_rep) for i in range(len(cells))]
+    if covers in ("seeds and documents", "documents only"):
+        blocks.append(_document_block(cells, rng, n_rep))
+    if covers == "seeds and documents":
+        blocks.append(_interaction_block(cells, rng, n_rep))
+    return covers, blocks
+
+
+def resampled_intervals(fit, blocks, refit, covers, level=LEVEL):
+    """
+    Replace the covariance intervals of `fit` by intervals from refitting: `blocks` are
+    [(source, df, sign, data replicates)], `refit(data)` -> (n_rep, n_params) in fit["params"]
+    order. Per source, the covariance of the refitted parameters; per parameter, their signed sum
+    (combine_terms) and a t interval. Returns [(source, df, sign, covariance)] for derived parameters.
+    """
+    block_covariances = []
+    for source, block_df, sign, data in blocks:
+        params = np.asarray(refit(data), dtype=float)
+        params = params[np.all(np.isfinite(params), axis=1)]
+        block_covariances.append((source, block_df, sign, np.atleast_2d(np.cov(params, rowvar=False))))
+    fit["covers"], fit["interval"] = covers, f"refitted on {len(blocks[0][3]) if blocks else 0} replicates per source"
+    fit["cov"] = sum(sign * cov for _, _, sign, cov in block_covariances) if block_covariances else None
+    for i, (name, p) in enumerate(fit["params"].items()):
+        p["ci95_fit_covariance"] = list(p["ci95"])          # kept for comparison (fit_coverage)
+        if not block_covariances:
+            p.update(se=math.nan, df=math.nan, ci95=[math.nan, math.nan])
+            continue
+        variance, df = combine_terms([(src, bdf, sign, cov[i, i]) for src, bdf, sign, cov in block_covariances])
+        se, quantile = math.sqrt(max(float(variance), 0.0)), float(scipy_stats.t.ppf(0.5 + level / 2, df))
+        p.update(se=se, df=float(df), ci95=[p["value"] - quantile * se, p["value"] + quantile * se])
+    return block_covariances
+
+
+def profile_fit(x, y, basis, grid, weights=None):
+    """
+    Least squares of each row of y (R, n) on [1, basis(x, theta)] with theta on `grid` (sorted),
+    refined by a parabola through the best grid point and its neighbours: (intercept, slope, theta),
+    each (R,). The laws here are linear given their exponent, so this refits hundreds of replicates
+    at once without an optimiser that can wander off.
+    """
+    y = np.atleast_2d(np.asarray(y, dtype=float))
+    w = np.ones(y.shape[1]) if weights is None else np.asarray(weights, dtype=float)
+    centre = float(np.average(y[0], weights=w))            # numerically kinder sums
+    y = y - centre
+    bases = basis(x[None, :], grid[:, None]).T                             # (n, G)
+    s0, s1, s2 = w.sum(), w @ bases, w @ bases ** 2
+    t0, t1 = y @ w, (y * w) @ bases                                         # (R,), (R, G)
+    det = s0 * s2 - s1 ** 2
+    slope = (s0 * t1 - s1 * t0[:, None]) / det
+    intercept = (t0[:, None] - slope * s1) / s0
+    sse = ((y ** 2) @ w)[:, None] - intercept * t0[:, None] - slope * t1
+    best = np.clip(np.argmin(sse, axis=1), 1, len(grid) - 2)
+    rows = np.arange(len(y))
+    g0, g1, g2 = grid[best - 1], grid[best], grid[best + 1]
+    f0, f1, f2 = sse[rows, best - 1], sse[rows, best], sse[rows, best + 1]
+    curvature = (f0 - 2 * f1 + f2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.where(curvature > 0, g1 + 0.5 * (g1 - g0) * (f0 - f2) / curvature, g1)
+    theta = np.clip(theta, g0, g2)
+    refined = basis(x[None, :], theta[:, None])                            # (R, n)
+    s1, s2 = refined @ w, refined ** 2 @ w
+    t1 = (y * refined) @ w
+    slope = (s0 * t1 - s1 * t0) / (s0 * s2 - s1 ** 2)
+    return (t0 - slope * s1) / s0 + centre, slope, theta
+
+
+# exponent grids for refitting (uniform: profile_fit's parabola assumes it), refined between points
+BETA_GRID = np.linspace(*POWER_BETA_BOUNDS, 161)
+C_GRID = np.linspace(*POSITION_C_BOUNDS, 251)
+
+
+def refit_linear_in_log_k(k, y):
+    """Least-squares (a, b) of a + b ln K for each row of y (R, n): the refit of fit_linear_in_log_k."""
+    design = np.stack([np.ones(len(k)), np.log(np.asarray(k, dtype=float))], axis=1)
+    return np.atleast_2d(y) @ np.linalg.pinv(design).T
+
+
+def refit_power_law(k, y):
+    """(a, c, beta) of power_law for each row of y (R, n), beta within POWER_BETA_BOUNDS."""
+    a, c, beta = profile_fit(np.log(np.asarray(k, dtype=float)), y, growth, BETA_GRID)
+    return np.stack([a, c, beta], axis=1)
+
+
+def refit_position_curve(curves, sigma=None):
+    """(x1, d, c) of position_law for each row of curves (R, T), weighted by 1/sigma^2 like the fit."""
+    log_t = np.log(np.arange(1, np.shape(curves)[-1] + 1))
+    weights = None if sigma is None else 1 / np.asarray(sigma, dtype=float) ** 2
+    x1, slope, c = profile_fit(log_t, curves, log_decay, C_GRID, weights)
+    return np.stack([x1, -slope, c], axis=1)
+
+
+def fit_linear_in_log_k(k, y, replicates=None):
+    """
+    XE = a + b ln K, least squares over run-level points. `replicates`: (covers, blocks) of
+    crossed_replicates mapped onto the points (run_level_replicates); given, refitted intervals
+    replace the covariance ones.
+    """
+    fit = fit_law(linear, np.log(k), y, p0=[float(np.mean(y)), 0.0])
+    if replicates is not None and "params" in fit:
+        covers, blocks = replicates
+        resampled_intervals(fit, blocks, lambda data: refit_linear_in_log_k(k, data), covers)
+    return fit
+
+
+def fit_power_law(k, y, replicates=None):
+    """
+    XE(K) = E + B K^beta, fitted as power_law(K, a, c, beta) from a few starting exponents; with
+    `replicates` (as in fit_linear_in_log_k) the intervals come from refitting. E and B are added,
+    with delta-method intervals, only when beta's interval excludes 0 ("E_B": true): near beta = 0
+    the law is a + c ln K and E, B have no finite estimate.
+    """
+    k, y = np.asarray(k, dtype=float), np.asarray(y, dtype=float)
+    best = None
+    for beta in (0.25, 0.5, 1.0, 2.0):
+        design = np.stack([np.ones_like(k), growth(np.log(k), beta)], axis=1)
+        (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+        fit = fit_law(power_law, k, y, p0=[a, c, beta], bounds=([-np.inf, -np.inf, POWER_BETA_BOUNDS[0]],
+                                                                 [np.inf, np.inf, POWER_BETA_BOUNDS[1]]))
+        if "error" not in fit and (best is None or fit["rmse"] < best["rmse"] - 1e-12):
+            best = fit
+    if best is None:
+        return fit
+    block_covariances = None
+    if replicates is not None:
+        covers, blocks = replicates
+        block_covariances = resampled_intervals(best, blocks, lambda data: refit_power_law(k, data), covers)
+    if best["cov"] is None:
+        best["E_B"] = False
+        return best
+    a, c, beta = (best["params"][n]["value"] for n in ("a", "c", "beta"))
+    lo, hi = best["params"]["beta"]["ci95"]
+    best["E_B"] = bool(np.isfinite(best["params"]["beta"]["se"]) and (lo > 0 or hi < 0))
+    if best["E_B"]:
+        derived_parameter(best, "E", a - c / beta, [1, -1 / beta, c / beta ** 2], block_covariances)
+        derived_parameter(best, "B", c / beta, [0, 1 / beta, -c / beta ** 2], block_covariances)
+    return best
+
+
+def _best_position_fit(xe_t, sigma):
+    """The least-squares position_law fit from a grid of starting exponents (x1, d by least squares)."""
+    t = np.arange(1, len(xe_t) + 1)
+    log_t = np.log(t)
+    weight = np.ones_like(xe_t) if sigma is None else 1 / sigma
+    best, best_chi2, fit = None, None, None
+    for c in (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 4.0):
+        design = np.stack([np.ones_like(log_t), -log_decay(log_t, c)], axis=1)
+        (x1, d), *_ = np.linalg.lstsq(design * weight[:, None], xe_t * weight, rcond=None)
+        fit = fit_law(position_law, t, xe_t, p0=[x1, d, c], sigma=sigma,
+                      bounds=([-np.inf, -np.inf, POSITION_C_BOUNDS[0]], [np.inf, np.inf, POSITION_C_BOUNDS[1]]))
+        if "error" in fit:
+            continue
+        chi2 = float(np.sum((weight * (xe_t - position_law(t, *(p["value"] for p in fit["params"].values())))) ** 2))
+        if best is None or chi2 < best_chi2 * (1 - 1e-9):
+            best, best_chi2 = fit, chi2
+    return best or fit
+
+
+def fit_position_curve(xe_t, se_t=None, replicates=None):
+    """
+    XE(t) = x1 - d (1 - t^-c) / c over t = 1..len(xe_t) (position_law), weighted by the
+    per-position standard errors, with c bounded to POSITION_C_BOUNDS. `replicates` (from
+    curve_replicates), given, replace the covariance intervals by refitted ones.
+    c's interval is clipped to its bounds. The asymptote a = x1 - d / c, with a delta-method
+    interval, is added only when c's interval excludes 0 ("asymptote": true); otherwise the curve
+    is logarithmic within the window as far as the data can tell.
+    """
+    xe_t = np.asarray(xe_t, dtype=float)
+    usable = se_t is not None and np.all(np.isfinite(se_t)) and np.all(np.asarray(se_t) > 0)
+    sigma = np.asarray(se_t, dtype=float) if usable else None
+    best = _best_position_fit(xe_t, sigma)
+    if "params" not in best:
+        return best
+    block_covariances = None
+    if replicates is not None:
+        covers, blocks = replicates
+        block_covariances = resampled_intervals(best, blocks, lambda data: refit_position_curve(data, sigma), covers)
+    lower, upper = POSITION_C_BOUNDS
+    best["form"] = "XE(t) = x1 - d (1 - t^-c) / c; c -> 0: x1 - d ln t; asymptote a = x1 - d / c when c > 0"
+    best["c_bounds"] = list(POSITION_C_BOUNDS)
+    exponent = best["params"]["c"]
+    best["asymptote"] = bool(best["cov"] is not None and np.isfinite(exponent["se"]) and exponent["ci95"][0] > 0)
+    exponent["ci95"] = [float(np.clip(v, lower, upper)) if np.isfinite(v) else v for v in exponent["ci95"]]
+    exponent["at_bound"] = bool(min(abs(exponent["value"] - lower), abs(exponent["value"] - upper)) < 1e-6)
+    x1, d, c = (best["params"][n]["value"] for n in ("x1", "d", "c"))
+    if best["asymptote"]:
+        derived_parameter(best, "a", x1 - d / c, [1, -1 / c, d / c ** 2], block_covariances)
+    return best
+
+
+def replicate_data(replicates, base, cell_index):
+    """
+    crossed_replicates' cell perturbations mapped onto a fit's data: point i of `base` moves with
+    cell cell_index[i] (run-level points of K with that K's cell; a curve with its one cell).
+    Least squares over run-level points equals least squares over cell means weighted by their
+    seed counts, so moving each run's point by its cell's perturbation refits the same estimator.
+    """
+    covers, blocks = replicates
+    base = np.asarray(base, dtype=float)
+    return covers, [(source, df, sign, base[None] + deltas[:, cell_index]) for source, df, sign, deltas in blocks]
+
+
+def run_level_replicates(cells, points, n_rep=400, seed=0):
+    """
+    Replicates for a law fitted to run-level points (one per seed, cells in order): `cells` are
+    DocumentMeans of one scalar statistic per K (S, D); `points` the runs' values in that order.
+    """
+    cell_of_run = np.repeat(np.arange(len(cells)), [len(c.means) for c in cells])
+    return replicate_data(crossed_replicates(cells, n_rep, seed), points, cell_of_run)
+
+
+def curve_replicates(cell, curve, n_rep=400, seed=0):
+    """Replicates for a law fitted to one cell's mean curve (DocumentMeans (S, D, T); curve (T,))."""
+    return replicate_data(crossed_replicates([cell], n_rep, seed), curve, 0)
+
+
+def law_explanation(law):
+    """A law's docstring as one paragraph: the single explanation of its form, for code and report alike."""
+    return " ".join(inspect.cleandoc(law.__doc__).split())
+
+
+# -----------------------------------------------------------------------------
+# coverage benchmark: simulate the crossed design and count how often each interval covers the truth
+
+DESIGN = {"n_docs": 60, "windows_per_doc": 16, "document_sd": 0.3, "window_sd": 0.1}
+REGIMES = {   # the issue's regimes, in nats; "interaction" is the document x K effect
+    "seed-dominated": {"seed_sd": 0.026, "interaction_sd": 0.005},
+    "document-dominated": {"seed_sd": 0.005, "interaction_sd": 0.1},
+    "mixed": {"seed_sd": 0.02, "interaction_sd": 0.05},
+}
+TRUE_MEANS = (2.5, 2.3)      # mu of the cell at K and of the reference cell
+
+
+def simulate_pair(regime, n_seeds, n_datasets, rng, design=DESIGN):
+    """
+    Window values of two cells, a (some K) and b (the reference K), for n_datasets independent
+    experiments stacked on a trailing axis: a, b (S, N, n_datasets), the windows' document ids,
+    and the truth {"mean": mu_a, "paired difference": mu_a - mu_b}. Generative model, for cell k,
+    seed s (one training run) and window w of document d = d(w):
+        Y[k, s, w] = mu_k + seed[k, s] + doc[d] + interaction[k, d] + noise[k, s, w]
+    seed ~ N(0, seed_sd^2), a fresh draw per run (the two cells' seeds are different runs);
+    doc ~ N(0, 0.3^2), shared by every run (all runs score the same windows);
+    interaction ~ N(0, interaction_sd^2), the document x K effect, shared by the seeds of a K;
+    noise ~ N(0, 0.1^2) per run and window (window noise 0.1 in every regime).
+    Pairing cancels doc; interaction and the seeds remain in the difference.
+    """
+    n_docs, per_doc = design["n_docs"], design["windows_per_doc"]
+    docs = np.repeat(np.arange(n_docs), per_doc)
+    doc = rng.normal(0, design["document_sd"], (n_docs, n_datasets))
+    cells = []
+    for mu in TRUE_MEANS:
+        seed = rng.normal(0, regime["seed_sd"], (n_seeds, 1, n_datasets))
+        interaction = rng.normal(0, regime["interaction_sd"], (n_docs, n_datasets))
+        noise = rng.normal(0, design["window_sd"], (n_seeds, len(docs), n_datasets))
+        cells.append(mu + seed + (doc + interaction)[docs][None] + noise)
+    truth = {"mean": TRUE_MEANS[0], "paired difference": TRUE_MEANS[0] - TRUE_MEANS[1]}
+    return cells[0], cells[1], docs, truth
+
+
+def crossed_t_bounds(sides, docs, n_boot=None, seed=None):
+    """The chosen method's (lo, hi) for sum(sign * mean) of `sides` [(values (S, N, ...), sign)]."""
+    cells = [(document_means(values, docs), sign) for values, sign in sides]
+    v = crossed_variance([(cell.means, sign) for cell, sign in cells], cells[0][0].weights)
+    return t_interval(v["estimate"], v["variance"], v["df"], v["covers"])["ci"]
+
+
+def crossed_bootstrap_bounds(sides, docs, n_boot=1000, seed=0):
+    """The previous method (the baseline): crossed percentile bootstrap, as plot.py used it."""
+    _, reps = _crossed_bootstrap(sides, docs, n_boot, seed)
+    return np.percentile(reps, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
+
+
+def seed_t_bounds(sides, docs, n_boot=None, seed=None):
+    """A t interval over the per-seed means alone (Welch for a difference): ignores document sampling."""
+    pieces = []
+    for values, sign in sides:
+        per_seed = np.asarray(values, dtype=float).mean(axis=1)
+        pieces.append((sign * per_seed.mean(axis=0), per_seed.var(axis=0, ddof=1) / len(per_seed), len(per_seed) - 1))
+    estimate = sum(p[0] for p in pieces)
+    variance, df = satterthwaite([(p[1], p[2]) for p in pieces])
+    half = scipy_stats.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(variance)
+    return estimate - half, estimate + half
+
+
+METHODS = {"crossed bootstrap (previous)": crossed_bootstrap_bounds,
+           "t over seeds (Welch)": seed_t_bounds,
+           "crossed t, Satterthwaite df (chosen)": crossed_t_bounds}
+CHOSEN = "crossed t, Satterthwaite df (chosen)"
+
+
+def coverage_table(methods=None, regimes=None, seed_counts=(2, 3, 5), replicates=1000, n_boot=1000,
+                   seed=0, statistics=("mean", "paired difference"), chunk=250):
+    """
+    Coverage of the true value and mean width of each method's 95% interval, per regime x
+    statistic x seed count, over `replicates` simulated experiments (simulate_pair), processed
+    `chunk` at a time on a trailing axis. The bootstrap baseline draws n_boot replicates, the
+    same draws for every experiment of a chunk (fresh ones per chunk). Rows of dicts.
+    """
+    methods = METHODS if methods is None else methods
+    regimes = REGIMES if regimes is None else regimes
+    rows = []
+    for r_index, (regime_name, regime) in enumerate(regimes.items()):
+        for n_seeds in seed_counts:
+            rng = np.random.default_rng([seed, r_index, n_seeds])
+            tally = {(stat, name): [[], [], 0.0] for stat in statistics for name in methods}
+            for start in range(0, replicates, chunk):
+                a, b, docs, truth = simulate_pair(regime, n_seeds, min(chunk, replicates - start), rng)
+                for stat in statistics:
+                    sides = [(a, 1.0)] if stat == "mean" else [(a, 1.0), (b, -1.0)]
+                    for name, method in methods.items():
+                        began = time.perf_counter()
+                        lo, hi = (np.asarray(x) for x in method(sides, docs, n_boot, seed + start))
+                        hits, widths, seconds = tally[stat, name]
+                        hits.append((lo <= truth[stat]) & (truth[stat] <= hi))
+                        widths.append(hi - lo)
+                        tally[stat, name][2] = seconds + time.perf_counter() - began
+            for (stat, name), (hits, widths, seconds) in tally.items():
+                rows.append({"regime": regime_name, "statistic": stat, "n_seeds": n_seeds, "method": name,
+                             "coverage": float(np.mean(np.concatenate(hits))),
+                             "mean_width": float(np.mean(np.concatenate(widths))),
+                             "replicates": replicates, "seconds": seconds})
+    return rows
+
+
+def markdown_table(rows):
+    """Rows of coverage_table as markdown: one line per regime x statistic x seeds, 'coverage (width)' per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| regime | statistic | seeds | " + " | ".join(methods) + " |", "|---" * (3 + len(methods)) + "|"]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["regime"], r["statistic"], r["n_seeds"]), {})[r["method"]] = r
+    for (regime, stat, n_seeds), by_method in cells.items():
+        lines.append(f"| {regime} | {stat} | {n_seeds} | " + " | ".join(
+            f"{by_method[m]['coverage']:.3f} ({by_method[m]['mean_width']:.4f})" if m in by_method else ""
+            for m in methods) + " |")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# coverage of the fitted laws' intervals, simulated the same way
+
+LAWS_TRUTH = {"lnK": {"a": 3.0, "b": 0.1}, "power": {"E": 2.0, "B": 0.1, "beta": 0.6},
+              "position": {"x1": 3.5, "d": 1.4, "c": 0.7}}
+
+
+def simulate_sweep(regime, n_seeds, rng, ks=(1, 2, 3, 4, 5), design=DESIGN):
+    """
+    One simulated sweep for the fitted laws, window values per K (S, N, 2): column 0 follows
+    a + b ln K (mean XE), column 1 E + B K^beta (late XE), each with its own effects drawn as in
+    simulate_pair (document effect shared across K, interaction per K x document, seed per run).
+    Returns ({K: values}, docs).
+    """
+    n_docs, per_doc = design["n_docs"], design["windows_per_doc"]
+    docs = np.repeat(np.arange(n_docs), per_doc)
+    doc = rng.normal(0, design["document_sd"], (n_docs, 2))
+    lnk, power = LAWS_TRUTH["lnK"], LAWS_TRUTH["power"]
+    cells = {}
+    for k in ks:
+        mu = np.array([lnk["a"] + lnk["b"] * math.log(k), power["E"] + power["B"] * k ** power["beta"]])
+        seed = rng.normal(0, regime["seed_sd"], (n_seeds, 1, 2))
+        interaction = rng.normal(0, regime["interaction_sd"], (n_docs, 2))
+        noise = rng.normal(0, design["window_sd"], (n_seeds, len(docs), 2))
+        cells[k] = mu + seed + (doc + interaction)[docs][None] + noise
+    return cells, docs
+
+
+def simulate_curves(regime, n_seeds, rng, design=DESIGN, token_sd=0.5):
+    """
+    One cell's per-position losses (S, N, BLOCK) around position_law(x1 = 3.5, d = 1.4, c = 0.7):
+    seed and document effects that shift the whole curve and change its early part (a random
+    multiple of t^-0.5 each), a per-run window shift of window_sd, and token noise of token_sd.
+    Positions share all but the token noise, which is what makes covariance intervals optimistic.
+    """
+    n_docs, per_doc = design["n_docs"], design["windows_per_doc"]
+    docs = np.repeat(np.arange(n_docs), per_doc)
+    t = np.arange(1, BLOCK + 1)
+    shape = t ** -0.5
+    truth = LAWS_TRUTH["position"]
+    seed = rng.normal(0, regime["seed_sd"], (n_seeds, 1, 2))
+    doc = rng.normal(0, [design["document_sd"], regime["interaction_sd"]], (n_docs, 2))[docs]
+    values = (position_law(t, truth["x1"], truth["d"], truth["c"]) + seed[..., :1] + seed[..., 1:] * shape
+              + doc[None, :, :1] + doc[None, :, 1:] * shape
+              + rng.normal(0, design["window_sd"], (n_seeds, len(docs), 1))
+              + rng.normal(0, token_sd, (n_seeds, len(docs), BLOCK)))
+    return values, docs
+
+
+def fitted_laws(cells, docs, curve, n_rep, seed):
+    """The three fits on one simulated sweep, made as plot.py makes them: {law: fit}."""
+    ks = sorted(cells)
+    runs_k = np.repeat(ks, [len(cells[k]) for k in ks])
+    fits = {}
+    for law, column in (("lnK", 0), ("power", 1)):
+        per_cell = [document_means(cells[k][..., column], docs) for k in ks]
+        points = np.concatenate([cells[k][..., column].mean(axis=1) for k in ks])
+        fit = fit_linear_in_log_k if law == "lnK" else fit_power_law
+        fits[law] = fit(runs_k, points, run_level_replicates(per_cell, points, n_rep, seed))
+    cell = document_means(*curve)
+    mean_curve = mean_interval(cell)
+    fits["position"] = fit_position_curve(mean_curve["value"], mean_curve["se"],
+                                          curve_replicates(cell, mean_curve["value"], n_rep, seed))
+    return fits
+
+
+def fit_coverage(regimes=None, n_seeds=3, replicates=200, n_rep=300, seed=0):
+    """
+    Coverage of the true parameters by the refitted intervals and, for comparison, by the fit
+    covariance ("ci95_fit_covariance"), per regime x law x parameter, over `replicates` sweeps.
+    """
+    regimes = REGIMES if regimes is None else regimes
+    power = LAWS_TRUTH["power"]
+    truth = {"lnK": LAWS_TRUTH["lnK"],
+             "power": {"a": power["E"] + power["B"], "c": power["B"] * power["beta"], "beta": power["beta"]},
+             "position": LAWS_TRUTH["position"]}
+    rows = []
+    for r_index, (regime_name, regime) in enumerate(regimes.items()):
+        rng = np.random.default_rng([seed, r_index, n_seeds, 7])
+        tally = {(law, name): [] for law, params in truth.items() for name in params}
+        began = time.perf_counter()
+        for i in range(replicates):
+            cells, docs = simulate_sweep(regime, n_seeds, rng)
+            fits = fitted_laws(cells, docs, simulate_curves(regime, n_seeds, rng), n_rep, seed + i)
+            for (law, name), hits in tally.items():
+                p = fits[law].get("params", {}).get(name)
+                value = truth[law][name]
+                hits.append([np.nan, np.nan] if p is None else
+                            [p["ci95"][0] <= value <= p["ci95"][1],
+                             p["ci95_fit_covariance"][0] <= value <= p["ci95_fit_covariance"][1]])
+        seconds = time.perf_counter() - began
+        for (law, name), hits in tally.items():
+            hits = np.asarray(hits, dtype=float)
+            rows.append({"regime": regime_name, "law": law, "parameter": name, "n_seeds": n_seeds,
+                         "coverage_refit": float(np.nanmean(hits[:, 0])),
+                         "coverage_fit_covariance": float(np.nanmean(hits[:, 1])),
+                         "replicates": replicates, "seconds": seconds})
+    return rows
+
+
+def fit_markdown_table(rows):
+    """Rows of fit_coverage as markdown: coverage of the refitted and of the covariance intervals."""
+    lines = ["| regime | law | parameter | refitted (chosen) | fit covariance (previous) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['regime']} | {r['law']} | {r['parameter']} | {r['coverage_refit']:.3f} | "
+              f"{r['coverage_fit_covariance']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="coverage of the intervals, by simulation (module docstring)")
+    parser.add_argument("--coverage", action="store_true",
+                        help="means and paired differences: regime x seeds x method")
+    parser.add_argument("--fits", action="store_true", help="the fitted laws' intervals at --seeds seeds")
+    parser.add_argument("--replicates", type=int, default=None, help="simulated experiments per cell "
+                        "(default 10000 for --coverage, 200 for --fits)")
+    parser.add_argument("--n_boot", type=int, default=1000, help="bootstrap draws of the baseline (--coverage)")
+    parser.add_argument("--n_rep", type=int, default=300, help="refit replicates per source (--fits)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per K (--fits)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not (args.coverage or args.fits):
+        parser.error("say --coverage and/or --fits")
+    if args.coverage:
+        began = time.perf_counter()
+        rows = coverage_table(replicates=args.replicates or 10000, n_boot=args.n_boot, seed=args.seed)
+        print(markdown_table(rows))
+        print(f"\n{rows[0]['replicates']} simulated experiments per row, {args.n_boot} bootstrap draws for the "
+              f"baseline; cells: coverage of the true value (width of the interval, nats); "
+              f"{time.perf_counter() - began:.0f} s\n")
+    if args.fits:
+        began = time.perf_counter()
+        rows = fit_coverage(n_seeds=args.seeds, replicates=args.replicates or 200, n_rep=args.n_rep, seed=args.seed)
+        print(fit_markdown_table(rows))
+        print(f"\n{rows[0]['replicates']} simulated sweeps (K = 1..5, {args.seeds} seeds) per regime, "
+              f"{args.n_rep} refit replicates per source; {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
