@@ -38,7 +38,8 @@ from common import (BLOCK, WINDOW, UserError, config_defaults, configure, gather
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
-what = "all"                # "prepare", "train", "data" or "all"
+what = "all"                # "prepare", "train", "data", "all" (these three), or "gpu": every GPU
+                            # check and benchmark (tests/test_gpu.py, then train with a profile)
 json = ""                   # also append this run's results to a JSON file
 seed = 1337
 work_dir = ""               # scratch folder (default: a temporary folder, removed at the end)
@@ -52,24 +53,23 @@ threads = []                # bare-tokenizer thread counts (default 1 and all co
 repeats = 2                 # interleaved runs of the bare tokenizer and the pipeline; best kept
 full_corpus_tokens = 600_000_000    # the full arXiv corpus, for the estimate
 # train
-sizes = []                  # synthetic, tiny, small, medium or "<L>L-<d>d-<h>h[-v<vocab>]"
-                            # (default: CUDA tiny,small,medium; CPU synthetic,tiny)
-batch_size = 0              # windows of 100 targets per step (0: 64 on CUDA, 16 on CPU)
+sizes = []                  # config names (tiny, small, medium) or "<L>L-<d>d-<h>h[-v<vocab>]"
+                            # (default: CUDA tiny,small,medium; CPU 2L-64d-4h-v65,tiny)
+batch_size = 0              # windows of 100 targets per step (0: 128 on CUDA as in the sweep, 16 on CPU)
 warmup_steps = 0            # untimed steps first (0: 10 on CUDA, for compilation; 2 on CPU)
 steps = 0                   # timed steps, median reported (0: 50 on CUDA, 10 on CPU)
-compile = True              # torch.compile on CUDA (CPU runs eager, as train.py does)
-dtype = "bfloat16"          # autocast dtype on CUDA
+compile = "auto"            # torch.compile: "auto" = on for CUDA, off for CPU, as in train.py
+dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU, as in train.py
 train_tokens = 0            # token buffer the windows come from (0: 50M on CUDA, 4M on CPU)
+profile = ""                # size whose step is profiled (kernels by device time); "" = none
+sweep_runs = 27             # the GPU sweep's runs (5 K x 3 seeds + 4 controls x 3 seeds), for
+sweep_tokens = 200_000_000  # ... its cost at size small: each run's training tokens (50M x 4 epochs)
 # data
 data_tokens = 50_000_000    # random uint16 memmap (a temp file), about the real budget
 data_batch = 64             # windows per batch
 data_iters = 500            # batches per timing round
 data_rounds = 5             # rounds (loaders interleaved); best and median round reported
 # -----------------------------------------------------------------------------
-
-SIZES = {"synthetic": (2, 4, 64, 65), "tiny": (4, 4, 256, 50257),
-         "small": (6, 6, 384, 50257), "medium": (8, 8, 512, 50257)}
-
 
 def table(headers, rows):
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -262,106 +262,245 @@ def bench_prepare(cfg, work):
 # -----------------------------------------------------------------------------
 # train: tokens/s, MFU, and the data path's share of a step
 
-def parse_size(name):
-    if name in SIZES:
-        return SIZES[name]
+def size_config(name):
+    """A size as a run config: a config file's name (tiny, small, medium: config/<name>.py, read
+    by train.py's own configurator) or '<L>L-<d>d-<h>h[-v<vocab>]'. Returns (config, vocab)."""
+    import train
+    defaults = config_defaults(vars(train))
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", f"{name}.py")
+    if os.path.isfile(path):
+        return configure(defaults, [path]), 50257
     m = re.fullmatch(r"(\d+)L-(\d+)d-(\d+)h(?:-v(\d+))?", name)
     if not m:
-        raise UserError(f"size '{name}': use one of {', '.join(SIZES)} or '<L>L-<d>d-<h>h[-v<vocab>]' "
-                        f"(e.g. 2L-64d-4h-v65)")
-    return int(m[1]), int(m[3]), int(m[2]), int(m[4] or 50257)
+        raise UserError(f"size '{name}': use a config name (tiny, small, medium) or "
+                        f"'<L>L-<d>d-<h>h[-v<vocab>]' (e.g. 2L-64d-4h-v65)")
+    return dict(defaults, n_layer=int(m[1]), n_embd=int(m[2]), n_head=int(m[3])), int(m[4] or 50257)
 
 
-def bench_train(cfg):
+class Clock:
+    """Wall time of a stretch of work queued on the device: synchronised at both ends, so the
+    GPU's asynchronous queue is timed where it runs, with every step's overlap left intact."""
+
+    def __init__(self, device):
+        import torch
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(self, fn, n):
+        self.sync()
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        self.sync()
+        return time.perf_counter() - t0
+
+
+def nanogpt_step_fn(model, optimizer, path, batch, device, autocast, rng):
+    """
+    nanoGPT's training loop (train.py of karpathy/nanoGPT) on our model and batch: get_batch
+    reopens the token memmap, stacks x and y from per-window slices on the host, pins and copies
+    them; the next batch is fetched right after the forward pass, while the GPU works; mean
+    loss, backward, clip, AdamW (fused on CUDA). Returns a step function for Clock.run.
+    """
+    import torch
+
+    def get_batch():
+        data = np.memmap(path, dtype=np.uint16, mode="r")
+        ix = rng.integers(0, len(data) - WINDOW, size=batch)
+        x = torch.stack([torch.from_numpy(data[i:i + BLOCK].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + BLOCK].astype(np.int64)) for i in ix])
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x, y
+
+    state = {"batch": get_batch()}
+
+    def step(_):
+        x, y = state["batch"]
+        with autocast:
+            loss = model(x, y).mean()
+        state["batch"] = get_batch()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def log_softmax_losses(logits, targets, ignore_index=-1):
+    """model.token_losses as it was before the H200 profile (BENCHMARKS.md): F.cross_entropy,
+    whose compiled backward keeps a float32 copy of the log-probabilities. For comparison only."""
+    import torch.nn.functional as F
+    logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=ignore_index, reduction="none").view(targets.shape)
+
+
+@contextlib.contextmanager
+def loss_function(fn):
+    """Compile the model with another per-token loss (a fresh compilation inside the block)."""
+    import model
+    saved = model.token_losses
+    model.token_losses = fn or saved
+    try:
+        yield
+    finally:
+        model.token_losses = saved
+
+
+def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work):
+    """Our step (train.train_step on train.WindowSource) against nanoGPT's loop, same model."""
     import torch
     import train
-    from common import autocast_for, resolve_device
+    from common import autocast_for, resolve_dtype, resolve_switch
     from model import GPT, GPTConfig
+    run_config, vocab = size_config(name)
+    is_cuda = device.type == "cuda"
+    autocast = autocast_for(device, resolve_dtype(cfg.dtype, device))
+    torch.manual_seed(cfg.seed)
+    raw = GPT(GPTConfig.from_run(run_config, vocab)).to(device)
+    optimizer = raw.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=resolve_switch("auto", device))
+    compiled = resolve_switch(cfg.compile, device)
+    model = torch.compile(raw) if compiled else raw
+    rng = np.random.default_rng(cfg.seed)
+    tokens = rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
+    path = os.path.join(work, f"tokens_{name}.bin")
+    tokens.tofile(path)
+    source = train.WindowSource(tokens, device, on_device=is_cuda)
+    full = np.full(batch, BLOCK)
+    plans = [rng.integers(0, n_tok - WINDOW, size=batch) for _ in range(warm + n_steps)]
+    losses = []
+
+    def ours(i):                              # train.py's loop body, without DDP and logging
+        x, y = source.batch(plans[i], full)
+        losses.append(train.train_step(model, optimizer, x, y, autocast, 1.0 / (batch * BLOCK), 1.0))
+
+    clock = Clock(device)
+    t_warm = clock.run(ours, warm)            # compilation happens here
+    s_ours = clock.run(lambda i: ours(warm + i), n_steps)
+    kernels = profile_steps(lambda i: ours(warm + i % n_steps), device) if name == cfg.profile else None
+    if not math.isfinite(float(losses[-1])):
+        raise RuntimeError(f"size {name}: loss {float(losses[-1])} during the benchmark")
+    s_data = clock.run(lambda i: source.batch(plans[warm + i], full), n_steps)
+    nano = nanogpt_step_fn(model, optimizer, path, batch, device, autocast, rng)
+    clock.run(nano, 2)
+    s_nano = clock.run(nano, n_steps)
+    peak_mem = torch.cuda.max_memory_allocated(device) / 1e9 if is_cuda else None
+    flops = raw.flops_per_token()
+    peak = train.device_peak_flops(device, 0.0)
+    tok = batch * BLOCK * n_steps
+    return {"size": f"{name} ({run_config['n_layer']}L-{run_config['n_embd']}d-{run_config['n_head']}h, "
+                    f"vocab {vocab})",
+            "n_params": raw.n_params(), "batch": batch, "compiled": compiled, "warmup_s": t_warm,
+            "step_ms": 1e3 * s_ours / n_steps, "tokens_per_s": tok / s_ours,
+            "mfu": flops * tok / s_ours / peak if peak else float("nan"),
+            "data_ms": 1e3 * s_data / n_steps, "nanogpt_step_ms": 1e3 * s_nano / n_steps,
+            "nanogpt_tokens_per_s": tok / s_nano, "speedup_vs_nanogpt": s_nano / s_ours,
+            "peak_mem_gb": peak_mem, "profile": kernels}
+
+
+def profile_steps(step, device, n=5):
+    """The operators of a few steps by their own device time: where an optimisation would pay."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for i in range(n):
+            step(i)
+        if cuda:
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    for key in (["self_device_time_total", "self_cuda_time_total"] if cuda else ["self_cpu_time_total"]):
+        try:
+            return averages.table(sort_by=key, row_limit=25, max_name_column_width=70)
+        except Exception:                 # the key's name changed across torch versions
+            continue
+    return averages.table(row_limit=25)
+
+
+def bench_train(cfg, work):
+    import torch
+    import train
+    from common import resolve_device
     device = resolve_device(cfg.device)
     is_cuda = device.type == "cuda"
-    sizes = list(cfg.sizes) or (["tiny", "small", "medium"] if is_cuda else ["synthetic", "tiny"])
-    batch = cfg.batch_size or (64 if is_cuda else 16)
+    sizes = list(cfg.sizes) or (["tiny", "small", "medium"] if is_cuda else ["2L-64d-4h-v65", "tiny"])
+    batch = cfg.batch_size or (128 if is_cuda else 16)
     warm = cfg.warmup_steps or (10 if is_cuda else 2)
     n_steps = cfg.steps or (50 if is_cuda else 10)
     n_tok = cfg.train_tokens or (50_000_000 if is_cuda else 4_000_000)
     if is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_for(device, cfg.dtype)
-    sync = torch.cuda.synchronize if is_cuda else (lambda: None)
     peak = train.device_peak_flops(device, 0.0)
-    rng = np.random.default_rng(cfg.seed)
-    targets = batch * BLOCK
-
-    def median_ms(fn, plans):
-        times = []
-        for plan in plans:
-            t0 = time.perf_counter()
-            fn(plan)
-            sync()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * float(np.median(times))
-
-    def one_size(name):
-        n_layer, n_head, n_embd, vocab = parse_size(name)
-        torch.manual_seed(cfg.seed)
-        raw = GPT(GPTConfig(vocab_size=vocab, block_size=BLOCK, n_layer=n_layer, n_head=n_head,
-                            n_embd=n_embd)).to(device)
-        optimizer = raw.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=is_cuda)
-        model = torch.compile(raw) if is_cuda and cfg.compile else raw
-        tokens = rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
-        source = train.WindowSource(tokens, device, on_device=is_cuda)
-        plans = [(rng.integers(0, n_tok - WINDOW, size=batch), np.full(batch, BLOCK))
-                 for _ in range(warm + n_steps)]
-        losses = []
-
-        def step(plan):                     # train.py's step, without DDP and logging
-            x, y = source.batch(*plan)
-            with autocast:
-                per_target = model(x, y)
-            loss = per_target.sum() / targets
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-
-        t_warm = time.perf_counter()
-        for plan in plans[:warm]:
-            step(plan)
-        sync()
-        t_warm = time.perf_counter() - t_warm
-        step_ms = median_ms(step, plans[warm:])
-        if not math.isfinite(float(losses[-1])):
-            raise RuntimeError(f"size {name}: loss {float(losses[-1])} during the benchmark")
-        data_ms = median_ms(lambda plan: source.batch(*plan), plans[warm:])
-        host_ms = None                      # CUDA: the gpu_resident=False fallback, for comparison
-        if is_cuda:
-            host = train.WindowSource(tokens, device, on_device=False)
-            host_ms = median_ms(lambda plan: host.batch(*plan), plans[warm:])
-        tok_s = targets / step_ms * 1e3
-        return {"size": f"{name} ({n_layer}L-{n_embd}d-{n_head}h, vocab {vocab})",
-                "n_params": raw.n_params(), "batch": batch, "warmup_s": t_warm, "step_ms": step_ms,
-                "tokens_per_s": tok_s, "mfu": raw.flops_per_token() * tok_s / peak if peak else float("nan"),
-                "data_ms": data_ms, "host_gather_ms": host_ms}
-
     results = []
-    for name in sizes:
-        results.append(one_size(name))
+    # the profiled size again with the old cross entropy: the optimisation, measured side by side
+    variants = [(name, None) for name in sizes] + [(cfg.profile, log_softmax_losses)] * bool(cfg.profile)
+    for name, losses in variants:
+        with loss_function(losses):
+            results.append(bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work))
+        if losses:
+            results[-1]["size"] += ", log_softmax cross entropy (before)"
+            results[-1]["profile"] = None
+        torch._dynamo.reset()
         if is_cuda:
-            torch._dynamo.reset()
             torch.cuda.empty_cache()
-    mode = (f"CUDA, {cfg.dtype} autocast, {'torch.compile' if cfg.compile else 'eager'}, fused AdamW, "
-            f"tokens on the GPU" if is_cuda else f"CPU eager float32, {torch.get_num_threads()} threads")
+            torch.cuda.reset_peak_memory_stats(device)
+    from common import resolve_dtype, resolve_switch
+    mode = (f"{'CUDA' if is_cuda else f'CPU ({torch.get_num_threads()} threads)'}, "
+            f"{resolve_dtype(cfg.dtype, device)} autocast, "
+            f"{'torch.compile' if resolve_switch(cfg.compile, device) else 'eager'}, "
+            f"{'fused AdamW, tokens on the GPU' if is_cuda else 'host gather'}")
     print(f"\n### train: {mode}; {warm} warmup + {n_steps} timed steps of {batch} windows x {BLOCK} "
-          f"targets (median step); MFU against {peak / 1e12:.2f} TFLOP/s\n")
-    print(table(["size", "params (M)", "batch", "ms/step", "tokens/s", "MFU", "WindowSource.batch ms",
-                 "data share of step"] + (["host-gather batch ms (gpu_resident=False)"] if is_cuda else []),
-                [[r["size"], f"{r['n_params'] / 1e6:.2f}", r["batch"], f"{r['step_ms']:.1f}",
+          f"targets, timed as one stretch (synchronised at both ends); MFU against "
+          f"{peak / 1e12:.2f} TFLOP/s\n")
+    print(table(["size", "params (M)", "batch", "ms/step", "tokens/s", "MFU", "data ms/step",
+                 "data share", "nanoGPT loop ms/step", "vs nanoGPT loop", "peak GB", "warmup s"],
+                [[r["size"], f"{r['n_params'] / 1e6:.2f}", r["batch"], f"{r['step_ms']:.2f}",
                   f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['data_ms']:.3f}",
-                  f"{100 * r['data_ms'] / r['step_ms']:.2f}%"]
-                 + ([f"{r['host_gather_ms']:.3f}"] if is_cuda else []) for r in results]))
+                  f"{100 * r['data_ms'] / r['step_ms']:.2f}%", f"{r['nanogpt_step_ms']:.2f}",
+                  f"{r['speedup_vs_nanogpt']:.2f}x",
+                  "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}", f"{r['warmup_s']:.0f}"]
+                 for r in results]))
+    for r in results:
+        if r["profile"]:
+            print(f"\nprofile of {r['size']}, {5} steps of train.train_step:\n\n```\n{r['profile']}\n```")
+    small = [r for r in results if r["size"].startswith("small")]
+    if small and is_cuda:
+        hours = cfg.sweep_runs * cfg.sweep_tokens / small[0]["tokens_per_s"] / 3600
+        print(f"\nthe GPU sweep at size small: {cfg.sweep_runs} runs x {cfg.sweep_tokens / 1e6:.0f}M "
+              f"training tokens at {small[0]['tokens_per_s']:,.0f} tokens/s = {60 * hours:.0f} min of "
+              f"training, plus each run's compilation and evaluation")
     return {"device": str(device), "mode": mode, "peak_flops": peak, "steps": n_steps,
             "warmup_steps": warm, "sizes": results}
+
+
+def bench_gpu(cfg, work):
+    """
+    Every GPU check and benchmark in one command, each part kept when a later one fails:
+    tests/test_gpu.py (its numbers saved through GPU_TEST_REPORT), then the train benchmark for
+    tiny, small and medium against nanoGPT's loop, with a profile of small's step.
+    """
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    numbers = os.path.join(work, "gpu_test_report.json")
+    t0 = time.time()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_gpu.py"], cwd=here,
+                           env=dict(os.environ, GPU_TEST_REPORT=numbers), capture_output=True, text=True)
+    print(f"\n### tests/test_gpu.py ({time.time() - t0:.0f}s, exit {tests.returncode})\n\n```\n"
+          f"{tests.stdout[-6000:]}\n{tests.stderr[-2000:]}\n```")
+    result = {"tests": {"returncode": tests.returncode, "seconds": time.time() - t0,
+                        "summary": (tests.stdout.strip().splitlines() or [""])[-1]}}
+    if os.path.exists(numbers):
+        with open(numbers) as f:
+            result["tests"]["numbers"] = _json.load(f)
+        print(f"\nnumbers from the test run: {_json.dumps(result['tests']['numbers'])}")
+    cfg.profile = cfg.profile or "small"
+    try:
+        result["train"] = bench_train(cfg, work)
+    except Exception as e:                   # keep the test results when the benchmark fails
+        result["train_error"] = f"{type(e).__name__}: {e}"
+        print(f"\ntrain benchmark failed: {result['train_error']}")
+    return result
 
 
 # -----------------------------------------------------------------------------
@@ -430,8 +569,8 @@ def bench_data(cfg, work):
 def main(argv):
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
     whats = ["prepare", "train", "data"] if cfg.what == "all" else [cfg.what]
-    if any(w not in ("prepare", "train", "data") for w in whats):
-        raise UserError(f"what='{cfg.what}': use prepare, train, data or all")
+    if any(w not in ("prepare", "train", "data", "gpu") for w in whats):
+        raise UserError(f"what='{cfg.what}': use prepare, train, data, all or gpu")
     shared_tiktoken = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken")
     if os.path.isdir(shared_tiktoken):      # offline tokenizer files, unless the user set a cache
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", shared_tiktoken)
@@ -442,7 +581,7 @@ def main(argv):
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     record = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu_name(), "cores": os.cpu_count(),
-              "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
+              "gpu_name": gpu, "torch": torch.__version__, "python": platform.python_version(),
               "argv": list(argv), "config": vars(cfg), "loadavg": {"start": os.getloadavg()[0]}}
     print(f"# bench.py {record['date']}\nCPU: {record['cpu']}, {record['cores']} cores; torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads); python {record['python']}\n"
@@ -452,23 +591,32 @@ def main(argv):
     try:
         for w in whats:
             t0 = time.time()
-            record[w] = {"prepare": bench_prepare, "train": lambda c, _: bench_train(c),
-                         "data": bench_data}[w](cfg, work)
+            record[w] = {"prepare": bench_prepare, "train": bench_train,
+                         "data": bench_data, "gpu": bench_gpu}[w](cfg, work)
             record["loadavg"][w] = os.getloadavg()[0]
             print(f"\n({w}: {time.time() - t0:.0f}s; 1-minute load average {record['loadavg'][w]:.2f} "
                   f"on {record['cores']} cores)")
+            save_record(cfg.json, record, first=w == whats[0])   # each part kept as it finishes
     finally:
         if not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     record["seconds"] = time.time() - t_start
-    print(f"\ntotal {record['seconds']:.0f}s")
-    if cfg.json:
-        runs = []
-        if os.path.exists(cfg.json):
-            with open(cfg.json) as f:
-                runs = _json.load(f)
-        write_json(cfg.json, (runs if isinstance(runs, list) else [runs]) + [record])
-        print(f"appended to {cfg.json}")
+    save_record(cfg.json, record, first=False)
+    print(f"\ntotal {record['seconds']:.0f}s" + (f"; results appended to {cfg.json}" if cfg.json else ""))
+
+
+def save_record(path, record, first):
+    """Append this run's record to a JSON list (replacing the partial one it wrote before)."""
+    if not path:
+        return
+    runs = []
+    if os.path.exists(path):
+        with open(path) as f:
+            runs = _json.load(f)
+        runs = runs if isinstance(runs, list) else [runs]
+        if not first and runs:
+            runs = runs[:-1]
+    write_json(path, runs + [record])
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ def _coerce(key, value, default):
     """Check an override against the default's type; the message names the key and the type."""
     if default is None or value is None:
         return value
+    if default == "auto" and isinstance(value, bool):         # --compile=True over "auto"
+        return value
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -260,15 +262,28 @@ def logits_batch(vocab_size):
     return max(1, (1 << 28) // (BLOCK * vocab_size))
 
 
-def autocast_for(device, dtype):
-    """bf16/fp16 autocast on CUDA (losses are computed in float32 regardless); none on CPU."""
-    import torch
+def resolve_switch(value, device):
+    """A speed switch (compile, fused AdamW): "auto" is on for CUDA and off for CPU, where these
+    cost more than they save on small models; True or False is honoured on either device."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def resolve_dtype(dtype, device):
+    """The autocast dtype: "auto" is bfloat16 on CUDA and float32 on CPU; either is honoured on
+    either device (bf16 on CPU exercises the CUDA path's precision in the tests)."""
+    if dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
     # no float16: it needs loss scaling, which bf16 (same speed on Ampere and later) does not
-    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-    if dtype not in dtypes:
-        raise UserError(f"dtype={dtype!r}: use bfloat16 or float32")
-    if device.type == "cuda" and dtypes[dtype] != torch.float32:
-        return torch.autocast("cuda", dtype=dtypes[dtype])
+    if dtype not in ("bfloat16", "float32"):
+        raise UserError(f"dtype={dtype!r}: use auto, bfloat16 or float32")
+    return dtype
+
+
+def autocast_for(device, dtype):
+    """Autocast for a resolved dtype; losses are computed in float32 regardless."""
+    import torch
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -370,7 +385,7 @@ def gather_windows(tokens, starts, n_targets=None, ignore_index=-1):
     rows = np.lib.stride_tricks.as_strided(flat, (len(flat) - WINDOW + 1, WINDOW), (step, step),
                                            writeable=False)
     batch = rows[np.asarray(starts)].astype(np.int64)
-    x, y = batch[:, :-1], batch[:, 1:].copy()
+    x, y = np.ascontiguousarray(batch[:, :-1]), batch[:, 1:].copy()   # contiguous, as models expect
     n_targets = np.full(len(batch), BLOCK) if n_targets is None else np.asarray(n_targets)
     if (n_targets < BLOCK).any():
         y[np.arange(BLOCK)[None, :] >= n_targets[:, None]] = ignore_index

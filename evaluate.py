@@ -7,11 +7,14 @@ Per-position cross entropy XE(t), t = 1..100, of trained runs on a fixed evaluat
 The evaluation set is drawn once per dataset (N windows of 101 tokens from every category's test
 split, spread over as many documents as possible, fixed seed) and saved beside the data, so every
 model is scored on the same windows and comparisons across K are paired. On synthetic data each
-window is also scored by the exact Bayes-optimal predictor of the run's training mixture and by
-the oracle that knows the window's component.
+window is also scored by the exact references of references.py: the Bayes-optimal predictor of
+the run's training mixture ("bayes"), the oracle that knows the window's chain ("oracle"), and the
+Bayesian learner that knows the model class but only the run's own training tokens ("learner",
+with a posterior over the run's chains; "learner1", told the chain, for the run's own components).
 
 Writes out/<run>/eval.npz (per-window, per-position losses in nats, keyed "model:<cat>",
-"bayes:<cat>", "oracle:<cat>", "doc:<cat>") and out/<run>/eval.json (the summary; written last).
+"bayes:<cat>", "oracle:<cat>", "learner:<cat>", "learner1:<cat>", "doc:<cat>") and
+out/<run>/eval.json (the summary, with the learner's fitted Dirichlet concentrations; written last).
 """
 import os
 import time
@@ -22,8 +25,10 @@ import torch
 
 from common import (BLOCK, Dataset, UserError, atomic_path, autocast_for, batched_losses,
                     config_defaults, configure, file_sha, fixed_windows, gather_windows, logits_batch,
-                    read_json, resolve_device, run_cli, write_json)
+                    read_json, resolve_device, resolve_dtype, run_cli, write_json)
 from model import GPT, GPTConfig
+from references import bayes_losses, fit_alpha, learner_losses, transition_counts
+from train import Mixture, resolve_mixture
 
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
@@ -32,8 +37,9 @@ batch_size = 0              # windows per forward pass; 0 = as many as keep the 
                             # near 1 GB (about 50 windows at GPT-2's vocabulary, 40k at 64 states)
 device = "auto"
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default (the CPU sweep uses 1 per run)
-dtype = "bfloat16"          # autocast on CUDA, losses in float32; "float32" avoids bf16's rounding
-                            # of the logits (~0.04 at |logit| 10) for the most careful numbers
+dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU; losses are float32
+                            # either way; "float32" avoids bf16's rounding of the logits (~0.04 at
+                            # |logit| 10) for the most careful numbers
 force = False               # re-evaluate runs that already have eval.json
 # -----------------------------------------------------------------------------
 LN2 = np.log(2.0)
@@ -59,31 +65,39 @@ def load_evalset(dataset, n, seed):
 
 
 # -----------------------------------------------------------------------------
-# the exact Bayes-optimal reference for mixtures of Markov chains
+# synthetic data: the exact references (references.py) for every window
 
-def bayes_losses(windows, transition, stationary, prior):
+def learner_counts(run_dir, saved, dataset, chains):
     """
-    Per-position loss (nats) of the Bayes-optimal predictor of a mixture of Markov chains.
-    windows: (N, T+1) token ids; transition: (M, V, V); stationary: (M, V); prior: (M,).
-    The posterior over the M chains starts at prior x stationary(x_0) and is updated token by
-    token; the predictive is the posterior-weighted mix of the chains' next-token rows.
-    Returns (N, T): the loss of predicting x_t from x_0..x_{t-1}, t = 1..T.
+    What the learner knows: per component of the run, the transition counts of exactly the
+    documents the run trained on, and the Dirichlet concentration fitted to them. The documents
+    are rebuilt, not redrawn, with train.py's own resolve_mixture and Mixture from the run's saved
+    config and seed, so they are the run's token for token. Returns (counts (K, V, V), alphas (K,)).
     """
-    # in probability space with the posterior renormalised every step: exact and fast (the
-    # uniform floor keeps every transition probability far from underflow)
-    posterior = prior[None, :] * stationary[:, windows[:, 0]].T                # (N, M)
-    posterior /= posterior.sum(1, keepdims=True)
-    losses = np.empty((windows.shape[0], windows.shape[1] - 1))
-    for t in range(1, windows.shape[1]):
-        step = transition[:, windows[:, t - 1], windows[:, t]].T                 # (N, M)
-        joint = posterior * step
-        predictive = joint.sum(1)
-        losses[:, t - 1] = -np.log(predictive)
-        posterior = joint / predictive[:, None]
-    return losses
+    cfg = SimpleNamespace(**saved["config"])
+    names, quotas, _ = resolve_mixture(dataset, cfg)
+    if dict(zip(names, quotas)) != saved["mixture"]["tokens"]:
+        raise UserError(f"{run_dir}: its config resolves to the mixture {dict(zip(names, quotas))} "
+                        f"but it trained on {saved['mixture']['tokens']}; retrain it with this train.py")
+    mixture = Mixture(dataset, names, quotas, cfg.seed)
+    counts = transition_counts(mixture.tokens, mixture.doc_start, mixture.doc_end, mixture.doc_comp,
+                               len(names), chains["transition"].shape[-1], dataset.eot)
+    return counts, fit_alpha(counts)
 
 
-# -----------------------------------------------------------------------------
+def synthetic_references(windows, cat, names, weights, chains, counts, alphas):
+    """The reference losses (N, T) of one category's windows: bayes, oracle, learner, learner1."""
+    index = {n: i for i, n in enumerate(chains["names"])}
+    mix, c = [index[n] for n in names], index[cat]
+    prior = np.asarray(weights)
+    refs = {"bayes": bayes_losses(windows, chains["transition"][mix], chains["stationary"][mix], prior),
+            "oracle": bayes_losses(windows, chains["transition"][[c]], chains["stationary"][[c]], np.ones(1)),
+            "learner": learner_losses(windows, counts, alphas, prior)}
+    if cat in names:                    # told the component: only where the run has its counts
+        i = names.index(cat)
+        refs["learner1"] = learner_losses(windows, counts[[i]], alphas[[i]], np.ones(1))
+    return refs
+
 
 def load_run(run_dir, dataset_cache, device):
     """Check a run folder, load its model and dataset; one-line errors for what is wrong."""
@@ -130,7 +144,11 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     eval_json = os.path.join(run_dir, "eval.json")
     if os.path.exists(eval_json) and not cfg.force:
         previous = read_json(eval_json)
-        if (previous["evalset"]["n_windows"], previous["evalset"]["seed"]) == (cfg.eval_windows, cfg.eval_seed):
+        evalset = previous["evalset"]
+        same_set = (evalset["n_windows"], evalset["seed"]) == (cfg.eval_windows, cfg.eval_seed)
+        # an evaluation from before the learner references existed is redone on synthetic data
+        complete = previous.get("source") != "synthetic" or "learner_alpha" in previous
+        if same_set and complete:
             print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
             return previous
     t0 = time.time()
@@ -138,7 +156,9 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
     names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
     chains = dataset.chains()
-    autocast = autocast_for(device, cfg.dtype)
+    if chains is not None:
+        counts, alphas = learner_counts(run_dir, saved, dataset, chains)
+    autocast = autocast_for(device, resolve_dtype(cfg.dtype, device))
     batch_size = cfg.batch_size or logits_batch(model.config.padded_vocab)
     arrays, categories = {}, {}
     for cat in dataset.components:
@@ -150,15 +170,9 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
                  "in_mixture": cat in names, **summarise(losses)}
         if chains is not None:
             windows = np.concatenate([x, y[:, -1:]], axis=1)
-            index = {n: i for i, n in enumerate(chains["names"])}
-            mix = [index[n] for n in names]
-            bayes = bayes_losses(windows, chains["transition"][mix], chains["stationary"][mix],
-                                 np.asarray(weights))
-            c = index[cat]
-            oracle = bayes_losses(windows, chains["transition"][[c]], chains["stationary"][[c]],
-                                  np.ones(1))
-            arrays[f"bayes:{cat}"], arrays[f"oracle:{cat}"] = bayes.astype(np.float32), oracle.astype(np.float32)
-            entry["bayes"], entry["oracle"] = summarise(bayes), summarise(oracle)
+            refs = synthetic_references(windows, cat, names, weights, chains, counts, alphas)
+            for key, ref in refs.items():
+                arrays[f"{key}:{cat}"], entry[key] = ref.astype(np.float32), summarise(ref)
         categories[cat] = entry
     with atomic_path(os.path.join(run_dir, "eval.npz")) as tmp:
         with open(tmp, "wb") as f:
@@ -174,6 +188,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
               "categories": categories}
     if chains is not None:
         result["entropy_rate"] = {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])}
+        result["learner_alpha"] = {n: float(a) for n, a in zip(names, alphas)}
     write_json(eval_json, result)
     own = np.mean([categories[n]["xe_mean"] for n in names])
     print(f"{run_dir}: K={len(names)} XE over its own components {own:.4f} nats "

@@ -10,20 +10,64 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import BLOCK
+
 
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257
-    block_size: int = 100
+    block_size: int = BLOCK
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False
 
+    @classmethod
+    def from_run(cls, run_config, vocab_size):
+        """The model of a run config (train.py's keys, as a dict): the one place a run's config
+        becomes a model, used by train, evaluate, bench and sweep's cost estimate."""
+        return cls(vocab_size=vocab_size, block_size=BLOCK, n_layer=run_config["n_layer"],
+                   n_head=run_config["n_head"], n_embd=run_config["n_embd"],
+                   dropout=run_config.get("dropout", 0.0), bias=run_config.get("bias", False))
+
     @property
     def padded_vocab(self):
         return 64 * math.ceil(self.vocab_size / 64)    # tensor-core friendly; extra logits unused
+
+
+class TokenCrossEntropy(torch.autograd.Function):
+    """
+    Per-token cross entropy with a hand-written backward. With GPT-2's vocabulary the logits are
+    the largest tensor of a step (128 x 100 x 50257), and autograd's cross entropy stores float32
+    log-probabilities (or, written as logsumexp minus a gather, scatters into a float32 zeros
+    tensor) of that size. Here forward keeps the logits as they came (bf16 under autocast) and
+    one number per row, and backward is one elementwise pass, softmax minus one-hot, that a
+    compiler fuses into a single read and write (BENCHMARKS.md, "cross entropy").
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        keep = targets != ignore_index
+        safe = torch.where(keep, targets, 0)
+        logits32 = logits.float()
+        log_norm = torch.logsumexp(logits32, dim=-1)
+        losses = (log_norm - logits32.gather(-1, safe.unsqueeze(-1)).squeeze(-1)) * keep
+        ctx.save_for_backward(logits, log_norm, safe, keep)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        logits, log_norm, safe, keep = ctx.saved_tensors
+        probs = torch.exp(logits.float() - log_norm.unsqueeze(-1))
+        target = torch.arange(logits.size(-1), device=logits.device) == safe.unsqueeze(-1)
+        grad = (probs - target.float()) * (grad_losses * keep).unsqueeze(-1)
+        return grad.to(logits.dtype), None, None
+
+
+def token_losses(logits, targets, ignore_index=-1):
+    """Per-token cross entropy in float32 nats, (B, T); 0 where the target is ignore_index."""
+    return TokenCrossEntropy.apply(logits, targets, ignore_index)
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,9 +158,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))[..., :self.config.vocab_size]
         if targets is None:
             return logits
-        logits = logits.float()
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=ignore_index, reduction="none").view(targets.shape)
+        return token_losses(logits, targets, ignore_index)
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""

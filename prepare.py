@@ -316,6 +316,44 @@ def print_table(stats):
 
 # -----------------------------------------------------------------------------
 
+def build_dataset(final, build, source, seed):
+    """
+    Write a dataset folder: build(work) writes the token files into a temporary folder beside
+    the final one and returns what it wrote (tokenizer, vocab_size, eot, components, splits,
+    origin); then stats.json, then meta.json (last: it marks the folder complete), then the
+    rename into place, so an interrupted prepare leaves nothing that looks like a dataset.
+    Returns (built, stats).
+    """
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(final)}-")
+    os.chmod(work, 0o755)
+    try:
+        built = build(work)
+        stats = analyse(built["splits"])
+        write_json(os.path.join(work, "stats.json"), stats)
+        meta = {"dataset": os.path.basename(final), "source": source,
+                "tokenizer": built["tokenizer"], "vocab_size": built["vocab_size"],
+                "eot": built["eot"], "dtype": "uint16", "components": built["components"],
+                "default_order": stats["default_order"], "splits": built["splits"],
+                "origin": built["origin"], "seed": seed,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "provenance": provenance()}
+        if "entropy_rate" in built:
+            meta["entropy_rate"] = built["entropy_rate"]
+        write_json(os.path.join(work, "meta.json"), meta)
+        if os.path.exists(final):
+            old = final + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(work, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return built, stats
+
+
 def main(argv):
     from types import SimpleNamespace
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
@@ -331,36 +369,9 @@ def main(argv):
         # replacing it would delete files that are not ours (e.g. --data_dir=data: every dataset)
         raise UserError(f"{final} exists and is not a prepared dataset (no meta.json); move it "
                         f"away or choose another --data_dir (e.g. data/{cfg.source})")
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    # everything is written into a temporary folder beside the final one, renamed at the end,
-    # so an interrupted prepare leaves nothing that looks like a dataset
-    work = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(final)}-")
-    os.chmod(work, 0o755)
+    build = write_synthetic if cfg.source == "synthetic" else tokenize_arxiv
     t0 = time.time()
-    try:
-        built = write_synthetic(cfg, work) if cfg.source == "synthetic" else tokenize_arxiv(cfg, work)
-        stats = analyse(built["splits"])
-        write_json(os.path.join(work, "stats.json"), stats)
-        meta = {"dataset": os.path.basename(final), "source": cfg.source,
-                "tokenizer": built["tokenizer"], "vocab_size": built["vocab_size"],
-                "eot": built["eot"], "dtype": "uint16", "components": built["components"],
-                "default_order": stats["default_order"], "splits": built["splits"],
-                "origin": built["origin"], "seed": cfg.seed,
-                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "provenance": provenance()}
-        if "entropy_rate" in built:
-            meta["entropy_rate"] = built["entropy_rate"]
-        write_json(os.path.join(work, "meta.json"), meta)       # last: marks the folder complete
-        if os.path.exists(final):
-            old = final + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-            os.rename(work, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    built, stats = build_dataset(final, lambda work: build(cfg, work), cfg.source, cfg.seed)
     total = sum(s["tokens"] for per in built["splits"].values() for s in per.values())
     seconds = time.time() - t0
     print_table(stats)

@@ -26,8 +26,8 @@ import torch
 
 from common import (BLOCK, WINDOW, Dataset, UserError, atomic_path, autocast_for, batched_losses,
                     config_defaults, configure, doc_windows, fixed_windows, gather_windows,
-                    logits_batch, provenance, read_json, read_log, resolve_device, run_cli,
-                    stable_hash, write_json)
+                    logits_batch, provenance, read_json, read_log, resolve_device, resolve_dtype,
+                    resolve_switch, run_cli, stable_hash, write_json)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -45,8 +45,9 @@ seed = 1337                 # model init, mixture subset, epoch phases and order
 run_name = ""               # default: <dataset>_k<K>_<size>_s<seed>
 out_dir = ""                # default: out/<run_name>
 device = "auto"             # "auto", "cpu", "cuda", "cuda:1"
-compile = True              # torch.compile (CUDA only; CPU runs eager)
-dtype = "bfloat16"          # autocast dtype on CUDA ("bfloat16" or "float32"); CPU: float32
+compile = "auto"            # torch.compile: "auto" = on for CUDA, off for CPU; True/False honoured
+dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU; or either by name
+fused_adamw = "auto"        # fused AdamW kernel: "auto" = on for CUDA, off for CPU
 gpu_resident = True         # keep the mixture's tokens on the GPU and gather windows there
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default. Tiny models run fastest
                             # on 1 thread (and the synthetic sweep then trains runs side by side)
@@ -77,8 +78,10 @@ wandb_project = "ergodic-k"
 wandb_run_name = ""
 # -----------------------------------------------------------------------------
 # keys that do not change the numbers a run produces: a resumed run may change them
-OPERATIONAL_KEYS = {"device", "compile", "gpu_resident", "cpu_threads", "log_interval", "ckpt_interval",
-                    "peak_flops", "wandb_log", "wandb_project", "wandb_run_name", "out_dir"}
+# (compile, dtype and the fused optimizer change results only by floating-point rounding)
+OPERATIONAL_KEYS = {"device", "compile", "dtype", "fused_adamw", "gpu_resident", "cpu_threads",
+                    "log_interval", "ckpt_interval", "peak_flops", "wandb_log", "wandb_project",
+                    "wandb_run_name", "out_dir"}
 
 
 # -----------------------------------------------------------------------------
@@ -231,15 +234,43 @@ class WindowSource:
             starts = torch.from_numpy(starts).to(self.device, non_blocking=True)
             n_targets = torch.from_numpy(n_targets).to(self.device, non_blocking=True)
             window = self.tokens[starts[:, None] + self.offsets[None, :]].long()
-            x, y = window[:, :-1], window[:, 1:].clone()
-            y[self.positions[None, :] >= n_targets[:, None]] = -1
-            return x, y
+            # contiguous, like every other batch the model sees: a compiled model specialises
+            # on strides and would otherwise compile a second graph for other callers
+            x, y = window[:, :-1].contiguous(), window[:, 1:].clone()
+            # masked_fill, not y[mask] = -1: boolean indexing waits for the GPU (nonzero), and
+            # a wait every step stops the host from queueing the next step while this one runs
+            return x, y.masked_fill_(self.positions[None, :] >= n_targets[:, None], -1)
         x, y = gather_windows(self.tokens, starts, n_targets)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if self.device.type == "cuda":
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))
         return x, y
+
+
+class StepClock:
+    """
+    The data path's share of a step, timed where the work runs: CUDA events on the GPU (the host
+    only queues work there, so host timers would measure the queue), wall clock on the CPU.
+    Marks are cheap and taken every step; they are read only when a log line is written, after
+    reading the loss has synced the device anyway.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def ms(self, start, end):
+        if not self.cuda:
+            return 1e3 * (end - start)
+        end.synchronize()
+        return start.elapsed_time(end)
 
 
 # -----------------------------------------------------------------------------
@@ -261,6 +292,24 @@ def device_peak_flops(device, configured):
         return 0.0
     # CPU: a rough fp32 peak (cores x 2.5 GHz x 32 FLOP/cycle with AVX2 FMA), so MFU is indicative
     return torch.get_num_threads() * 2.5e9 * 32
+
+
+def train_step(model, optimizer, x, y, autocast, loss_scale, grad_clip):
+    """
+    One optimizer step, the same on every device (bench.py times this function): per-target
+    losses in autocast, summed and scaled to the step's mean over its real targets (padding
+    rows have none), backward, gradient clipping, AdamW. Returns the loss as a tensor: reading
+    it would sync the GPU, so the caller does that only when it logs.
+    """
+    with autocast:
+        losses = model(x, y)
+    loss = losses.sum() * loss_scale
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def learning_rate_at(step, cfg, total_steps):
@@ -359,7 +408,9 @@ def main(argv):
     if is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_for(device, cfg.dtype)
+    dtype = resolve_dtype(cfg.dtype, device)
+    autocast = autocast_for(device, dtype)
+    use_compile, use_fused = resolve_switch(cfg.compile, device), resolve_switch(cfg.fused_adamw, device)
 
     t_build = time.time()
     mixture = Mixture(dataset, names, quotas, cfg.seed)
@@ -372,11 +423,10 @@ def main(argv):
         starts, _ = fixed_windows(dataset, name, "val", cfg.val_windows, seed=0)
         val_windows[name] = gather_windows(dataset.tokens(name, "val"), starts)
 
-    model = GPT(GPTConfig(vocab_size=dataset.vocab_size, block_size=BLOCK, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+    model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size))
     model.to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
-                                          (cfg.beta1, cfg.beta2), fused=is_cuda)
+                                          (cfg.beta1, cfg.beta2), fused=use_fused)
     step, tokens_seen = 0, np.zeros(len(names), dtype=np.int64)
     if os.path.exists(paths.ckpt):
         # loaded on the CPU: RNG states must stay CPU byte tensors; the optimizer state follows
@@ -392,7 +442,7 @@ def main(argv):
     flops_per_token = model.flops_per_token()
     n_params = model.n_params()
     raw_model = model
-    if is_cuda and cfg.compile:
+    if use_compile:
         model = torch.compile(model)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -411,7 +461,9 @@ def main(argv):
                          "tokens_per_epoch": mixture.budget},
             "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
                         "meta_sha": dataset.meta_sha},
-            "provenance": provenance(), "device": str(device), "world_size": world})
+            "provenance": provenance(), "device": str(device), "world_size": world,
+            "runtime": {"compiled": use_compile, "dtype": dtype, "fused_adamw": use_fused,
+                        "data_on_device": on_device}})
         # drop log lines past the checkpoint: the resumed run will write them again
         kept = [r for r in read_log(paths.log) if r["step"] <= step]
         with atomic_path(paths.log) as tmp, open(tmp, "w") as f:
@@ -419,7 +471,8 @@ def main(argv):
     log(f"{cfg.run_name}: K={cfg.k} ({', '.join(names)}), {mixture.budget:,} tokens "
         f"({', '.join(f'{q:,}' for q in quotas)}), {cfg.epochs} epochs = {total_steps:,} steps of "
         f"~{cfg.batch_size} windows; model {size_label(cfg)} with {n_params / 1e6:.2f}M params; "
-        f"{device}{' (compiled)' if is_cuda and cfg.compile else ''}; "
+        f"{device} ({'compiled' if use_compile else 'eager'}, {dtype}"
+        f"{', fused AdamW' if use_fused else ''}); "
         f"data {'on device' if on_device else 'gathered on host'}; setup {time.time() - t_build:.1f}s")
 
     use_wandb = master and wandb is not None
@@ -452,26 +505,23 @@ def main(argv):
             if use_wandb:
                 wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
+    clock = StepClock(device)
     t_start, step_start = time.time(), step
     t_interval, tokens_interval = time.time(), 0
     model.train()
     try:
         while step < total_steps:
+            t_begin = clock.mark()
             starts, n_targets, comp, epoch = plan.step(cfg.seed, step)
             total_targets = int(n_targets.sum())
             x, y = source.batch(*plan.for_rank((starts, n_targets), rank))
+            t_data = clock.mark()
             lr = learning_rate_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast:
-                losses = model(x, y)
             # the step's mean over all its targets, across ranks (DDP averages gradients)
-            loss = losses.sum() * (world / total_targets)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(model, optimizer, x, y, autocast, world / total_targets, cfg.grad_clip)
+            t_end = clock.mark()
             step += 1
             real = comp >= 0
             np.add.at(tokens_seen, comp[real], n_targets[real])
@@ -505,12 +555,17 @@ def main(argv):
                 tok_per_s = tokens_interval / max(now - t_interval, 1e-9)
                 mfu = flops_per_token * tok_per_s / (peak * world) if peak else 0.0
                 eta = (now - t_start) / max(step - step_start, 1) * (total_steps - step)
+                memory = {"peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3)} \
+                    if is_cuda else {}
+                step_ms, data_ms = clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)
                 write_log({"kind": "train", "step": step, "epoch": epoch, "loss": round(loss_value, 6),
                            "lr": lr, "tokens": int(tokens_seen.sum()), "tok_per_s": round(tok_per_s),
-                           "mfu": round(mfu, 4), "elapsed": round(now - t_start, 2)})
+                           "mfu": round(mfu, 4), "step_ms": round(step_ms, 3),
+                           "data_ms": round(data_ms, 3), "elapsed": round(now - t_start, 2), **memory})
                 log(f"step {step:>6}/{total_steps} | epoch {epoch + 1}/{cfg.epochs} | loss "
                     f"{loss_value:.4f} | lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU "
-                    f"{100 * mfu:.1f}% | ETA {_duration(eta)}")
+                    f"{100 * mfu:.1f}% | data {100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {_duration(eta)}"
+                    + (f" | {memory['peak_mem_gb']:.1f} GB" if memory else ""))
                 t_interval, tokens_interval = now, 0
             if step % cfg.eval_interval == 0 or step == total_steps:
                 val = validation_loss(raw_model, val_windows, device, autocast)
