@@ -1,10 +1,11 @@
 """
-Benchmarks for the harness (DESIGN.md section 9). Each comparison runs side by side in one
+Benchmarks for the harness (never timed tests). Each comparison runs side by side in one
 process on the same inputs; absolute numbers go in BENCHMARKS.md with the machine named.
 
     python bench.py                           # prepare, train and data, defaults for the device
-    python bench.py --what=prepare            # or train, data
+    python bench.py --what=prepare            # or train, data, coverage
     python bench.py --what=train --sizes=tiny,small,medium --steps=100
+    python bench.py --what=gpu                # every GPU check and benchmark, one command
     python bench.py --json=bench.json         # also append the results to a JSON file (a list)
 
 prepare  builds a >= 100 MB corpus from the real sample (../shared/realtext, every copy after
@@ -12,12 +13,16 @@ prepare  builds a >= 100 MB corpus from the real sample (../shared/realtext, eve
          dataset's schema; times bare tiktoken (encode_ordinary_batch on the texts in memory)
          against prepare.py end to end; times prepare's two kinds of work apart (the pool's
          encoding, the main thread's reading and writing); estimates the full corpus per core count.
-train    tokens/s, MFU and the data path's share of a training step, per model size.
-data     per-batch time of a nanoGPT-style loader against common.gather_windows and
+train    tokens/s, MFU and the data path's share of train.train_step per model size, beside
+         nanoGPT's training loop on the same model and batch; optionally a profile of a step.
+data     per-batch time of a nanoGPT-style loader against data.gather_windows and
          train.WindowSource, on the same windows.
+gpu      tests/test_gpu.py (its numbers kept), then train for tiny/small/medium with a profile.
+coverage the report's intervals against the truth, by simulation (stats.coverage_table).
+estimate what an arXiv sweep would cost on this CPU (sweep.sh asks, without a GPU).
 
 Timings are wall clock on a machine other processes may share: candidates are interleaved, the
-best of repeats (or the median step) is kept, and the load average is printed with the results.
+best of repeats (or one long stretch of steps) is kept, and the load average is printed.
 """
 import contextlib
 import io
@@ -33,13 +38,16 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from common import (BLOCK, WINDOW, UserError, config_defaults, configure, gather_windows, run_cli,
-                    write_json)
+from configurator import UserError, config_defaults, configure, run_cli
+from data import BLOCK, WINDOW, gather_windows
+from runs import write_json
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
-what = "all"                # "prepare", "train", "data", "all" (these three), or "gpu": every GPU
-                            # check and benchmark (tests/test_gpu.py, then train with a profile)
+what = "all"                # "prepare", "train", "data", "all" (these three); "gpu": every GPU
+                            # check and benchmark (tests/test_gpu.py, then train with a profile);
+                            # "coverage": the intervals' coverage by simulation; "estimate": what
+                            # a sweep would cost on this CPU
 json = ""                   # also append this run's results to a JSON file
 seed = 1337
 work_dir = ""               # scratch folder (default: a temporary folder, removed at the end)
@@ -64,6 +72,17 @@ train_tokens = 0            # token buffer the windows come from (0: 50M on CUDA
 profile = ""                # size whose step is profiled (kernels by device time); "" = none
 sweep_runs = 27             # the GPU sweep's runs (5 K x 3 seeds + 4 controls x 3 seeds), for
 sweep_tokens = 200_000_000  # ... its cost at size small: each run's training tokens (50M x 4 epochs)
+# coverage: the intervals' coverage by simulation (stats.py's regimes)
+replicates = 0              # simulated experiments per cell (0: 10000; with fits, 200 sweeps)
+n_boot = 1000               # bootstrap draws of the baseline method
+fits = False                # also the fitted laws' intervals (several minutes)
+n_rep = 300                 # refit replicates per source of chance, for the fits
+# estimate (sweep.sh asks for it before an arXiv sweep on a machine without a GPU)
+data_dir = "data/arxiv"     # its stats.json gives the budget (else ~50M tokens, the dataset card's)
+ks = [1, 2, 3, 4, 5]
+seeds = [1, 2, 3]
+controls = True
+cpu_flops = 5e10            # what 2-4 cores sustain on these models in float32, roughly
 # data
 data_tokens = 50_000_000    # random uint16 memmap (a temp file), about the real budget
 data_batch = 64             # windows per batch
@@ -154,10 +173,9 @@ def prepare_stages(corpus, work, enc):
     return {"load": t_load, "read": t_read, "encode": t_encode, "write": t_write}
 
 
-def bench_prepare(cfg, work):
-    import datasets
+def tokenizer_and_corpus(cfg, work):
+    """tiktoken's encoding and a >= corpus_mb corpus in the dataset's schema, from the real sample."""
     import tiktoken
-    import prepare
     src = cfg.realtext or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "realtext")
     if not os.path.exists(os.path.join(src, "train.parquet")):
         raise UserError(f"no real sample in {src}; pass --realtext=<folder with train/validation/"
@@ -167,22 +185,29 @@ def bench_prepare(cfg, work):
     except Exception as e:
         raise UserError(f"tiktoken encoding '{cfg.tokenizer}' unavailable ({e}); set "
                         f"TIKTOKEN_CACHE_DIR to a cache holding it")
-    threads = sorted(set(cfg.threads or [1, os.cpu_count()]))
-    n = threads[-1]
     corpus = os.path.join(work, "corpus")
     (copies, texts), t_build, _ = timed(build_corpus, src, corpus, cfg.corpus_mb, cfg.seed)
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"corpus: {len(texts):,} documents, {mb:.1f} MB of text ({copies} copies of {src}), "
           f"built in {t_build:.1f}s")
+    return enc, corpus, texts, copies, mb
 
-    # interleaved, per repeat: bare(n), cold, bare(fewer threads; first repeat only), warm;
-    # other processes only ever slow a run down, so the fastest of each is kept (the first
-    # cold run also pays datasets' one-time imports)
+
+def time_prepare(cfg, work, enc, corpus, texts, threads):
+    """
+    Interleaved, per repeat: the bare tokenizer at the most threads, prepare.py with a cold
+    datasets cache, the bare tokenizer at fewer threads (first repeat only), prepare.py warm.
+    Other processes only ever slow a run down, so the fastest of each is kept (the first cold
+    run also pays datasets' one-time imports). Returns ({key: [(wall, cpu)]}, tokens, out_dir).
+    """
+    import datasets
+    import prepare
     datasets.disable_progress_bars()
+    n = threads[-1]
     out_dir = os.path.join(work, "prepared")
     argv = [f"--data_files={corpus}", f"--tokenizer={cfg.tokenizer}", f"--data_dir={out_dir}",
             f"--num_proc={n}", "--force"]
-    runs = {**{f"bare{t}": [] for t in threads}, "cold": [], "warm": []}   # (wall, cpu) per run
+    runs = {**{f"bare{t}": [] for t in threads}, "cold": [], "warm": []}
 
     def run(key):
         if key == "cold":
@@ -200,11 +225,11 @@ def bench_prepare(cfg, work):
         for t in threads[:-1] if r == 0 else []:
             run(f"bare{t}")
         run("warm")
-    best = {k: min(v) for k, v in runs.items()}
-    with open(os.path.join(out_dir, "meta.json")) as f:
-        splits = [s for per in _json.load(f)["splits"].values() for s in per.values()]
-    consistent = sum(s["tokens"] for s in splits) == n_tokens + sum(s["docs"] for s in splits)
+    return runs, n_tokens, out_dir
 
+
+def print_prepare_table(runs, best, threads, n_tokens, mb, n_docs):
+    n = threads[-1]
     base_wall, base_cpu = best[f"bare{n}"]
     rows = []
     for key, label in [*[(f"bare{t}", f"tiktoken encode_ordinary_batch, {t} thread{'s' * (t > 1)} (bare)")
@@ -217,18 +242,20 @@ def bench_prepare(cfg, work):
                      f"{n_tokens / wall / 1e6:.2f}", f"{mb / wall:.1f}",
                      f"{100 * (wall / base_wall - 1):+.0f}%" if vs_bare else "", f"{cpu:.2f}",
                      f"{100 * (cpu / base_cpu - 1):+.0f}%" if vs_bare else ""])
-    print(f"\n### prepare: {n_tokens:,} tokens, {mb:.1f} MB of text, {len(texts):,} documents; "
+    print(f"\n### prepare: {n_tokens:,} tokens, {mb:.1f} MB of text, {n_docs:,} documents; "
           f"best wall time of the runs listed; CPU s = CPU time of that run, all threads\n")
     print(table(["what", "seconds", "runs", "M tokens/s", "MB/s", "overhead vs bare", "CPU s",
                  "CPU overhead"], rows))
-    print(f"\nprepare.py wrote the bare tokens plus one EOT per document: "
-          f"{'yes' if consistent else 'NO (WARNING)'}")
 
-    # the full corpus. With c cores, prepare runs c encoding threads beside its main thread, so
-    # after the serial load it takes at least the longer of all its work over c cores and the
-    # main thread's share alone (the limit on many cores)
-    st = prepare_stages(corpus, work, enc)
-    main_thread = st["read"] + st["write"]
+
+def full_corpus_estimate(cfg, st, best, threads, n_tokens):
+    """
+    Minutes for the full corpus per core count. With c cores prepare runs c encoding threads
+    beside its main thread, so after the serial load it takes at least the longer of all its
+    work over c cores and the main thread's share alone (the limit on many cores).
+    """
+    import prepare
+    n, main_thread = threads[-1], st["read"] + st["write"]
     print(f"\nprepare.py's work timed apart; at {n} threads the model below gives "
           f"{max((st['encode'] + main_thread) / n, main_thread):.2f}s plus the load, against "
           f"{best['warm'][0]:.2f}s measured with a warm cache (the rest: prepare.main's fixed costs, "
@@ -248,11 +275,28 @@ def bench_prepare(cfg, work):
           f"all-core clocks make real scaling sublinear); prepare.py modelled as above:\n")
     print(table(["cores", "bare encode_ordinary_batch (min)", "prepare.py modelled (min)"],
                 [[c, f"{b:.1f}", f"{p:.1f}"] for c, (b, p) in estimate.items()]))
+    return estimate
+
+
+def bench_prepare(cfg, work):
+    threads = sorted(set(cfg.threads or [1, os.cpu_count()]))
+    enc, corpus, texts, copies, mb = tokenizer_and_corpus(cfg, work)
+    runs, n_tokens, out_dir = time_prepare(cfg, work, enc, corpus, texts, threads)
+    best = {k: min(v) for k, v in runs.items()}
+    with open(os.path.join(out_dir, "meta.json")) as f:
+        splits = [s for per in _json.load(f)["splits"].values() for s in per.values()]
+    consistent = sum(s["tokens"] for s in splits) == n_tokens + sum(s["docs"] for s in splits)
+    print_prepare_table(runs, best, threads, n_tokens, mb, len(texts))
+    print(f"\nprepare.py wrote the bare tokens plus one EOT per document: "
+          f"{'yes' if consistent else 'NO (WARNING)'}")
+    st = prepare_stages(corpus, work, enc)
+    estimate = full_corpus_estimate(cfg, st, best, threads, n_tokens)
     if len(threads) > 1:
         lo, hi = threads[0], threads[-1]
         print(f"\nmeasured bare scaling {lo} -> {hi} threads: "
               f"{best[f'bare{lo}'][0] / best[f'bare{hi}'][0]:.2f}x (linear: {hi / lo:.0f}x)")
-    return {"docs": len(texts), "mb_text": mb, "tokens": n_tokens, "copies": copies, "threads": n,
+    base_wall = best[f"bare{threads[-1]}"][0]
+    return {"docs": len(texts), "mb_text": mb, "tokens": n_tokens, "copies": copies, "threads": threads[-1],
             "runs_wall_cpu": runs, "consistent": consistent, "stages": st,
             "overhead_cold": best["cold"][0] / base_wall - 1,
             "overhead_warm": best["warm"][0] / base_wall - 1,
@@ -351,7 +395,7 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work):
     """Our step (train.train_step on train.WindowSource) against nanoGPT's loop, same model."""
     import torch
     import train
-    from common import autocast_for, resolve_dtype, resolve_switch
+    from model import autocast_for, resolve_dtype, resolve_switch
     from model import GPT, GPTConfig
     run_config, vocab = size_config(name)
     is_cuda = device.type == "cuda"
@@ -420,7 +464,7 @@ def profile_steps(step, device, n=5):
 def bench_train(cfg, work):
     import torch
     import train
-    from common import resolve_device
+    from model import resolve_device
     device = resolve_device(cfg.device)
     is_cuda = device.type == "cuda"
     sizes = list(cfg.sizes) or (["tiny", "small", "medium"] if is_cuda else ["2L-64d-4h-v65", "tiny"])
@@ -444,7 +488,7 @@ def bench_train(cfg, work):
         if is_cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-    from common import resolve_dtype, resolve_switch
+    from model import resolve_dtype, resolve_switch
     mode = (f"{'CUDA' if is_cuda else f'CPU ({torch.get_num_threads()} threads)'}, "
             f"{resolve_dtype(cfg.dtype, device)} autocast, "
             f"{'torch.compile' if resolve_switch(cfg.compile, device) else 'eager'}, "
@@ -471,6 +515,44 @@ def bench_train(cfg, work):
               f"training, plus each run's compilation and evaluation")
     return {"device": str(device), "mode": mode, "peak_flops": peak, "steps": n_steps,
             "warmup_steps": warm, "sizes": results}
+
+
+def bench_coverage(cfg, work):
+    """How often each interval method covers the truth, per regime x seeds (stats.coverage_table)."""
+    import stats
+    began = time.perf_counter()
+    rows = stats.coverage_table(replicates=cfg.replicates or 10000, n_boot=cfg.n_boot, seed=cfg.seed)
+    print(f"\n### coverage of 95% intervals: {rows[0]['replicates']} simulated experiments per row, "
+          f"{cfg.n_boot} bootstrap draws for the baseline; cells: coverage (mean width, nats); "
+          f"{time.perf_counter() - began:.0f} s\n")
+    print(stats.markdown_table(rows))
+    result = {"coverage": rows}
+    if cfg.fits:
+        began = time.perf_counter()
+        result["fits"] = stats.fit_coverage(n_seeds=3, replicates=cfg.replicates or 200, n_rep=cfg.n_rep,
+                                            seed=cfg.seed)
+        print(f"\n### fitted laws: {result['fits'][0]['replicates']} simulated sweeps (K = 1..5, 3 seeds) "
+              f"per regime, {cfg.n_rep} refit replicates per source; {time.perf_counter() - began:.0f} s\n")
+        print(stats.fit_markdown_table(result["fits"]))
+    return result
+
+
+def bench_estimate(cfg):
+    """The arXiv sweep's cost on this CPU, from the FLOPs of each size's runs (sweep.sh's grid)."""
+    from model import GPT, GPTConfig
+    from runs import read_json
+    stats = os.path.join(cfg.data_dir, "stats.json")
+    budget = read_json(stats)["default_budget"] if os.path.exists(stats) else 50_000_000
+    n_runs = len(cfg.ks) * len(cfg.seeds) + bool(cfg.controls) * sum(k >= 2 for k in cfg.ks) * len(cfg.seeds)
+    flops = 0.0
+    for size in cfg.sizes or ["small"]:
+        run_config, vocab = size_config(size)
+        model = GPT(GPTConfig.from_run(run_config, vocab))
+        flops += model.flops_per_token() * budget * run_config["epochs"] * n_runs
+    print(f"no GPU visible: the arXiv sweep ({n_runs * len(cfg.sizes or ['small'])} runs, {budget:,} tokens x "
+          f"{run_config['epochs']} epochs each) would take about {flops / cfg.cpu_flops / 86400:.0f} days on "
+          f"this CPU.\nRun `bash sweep.sh synthetic` for the CPU-sized experiment, or FORCE_CPU=1 bash "
+          f"sweep.sh to insist.")
 
 
 def bench_gpu(cfg, work):
@@ -532,7 +614,7 @@ def bench_data(cfg, work):
     loaders = {
         "nanoGPT-style: per-window memmap slices + torch.stack (baseline)": nanogpt,
         "nanoGPT get_batch as written (memmap reopened, x and y stacked apart)": nanogpt_as_written,
-        "common.gather_windows on the memmap": lambda ix: tuple(map(torch.from_numpy, gather_windows(mm, ix, full))),
+        "data.gather_windows on the memmap": lambda ix: tuple(map(torch.from_numpy, gather_windows(mm, ix, full))),
         "train.WindowSource, host gather (on_device=False; train.py on CPU)": lambda ix: host.batch(ix, full),
         "train.WindowSource, torch gather (on_device=True, CPU tensor)": lambda ix: tensor.batch(ix, full),
     }
@@ -568,9 +650,11 @@ def bench_data(cfg, work):
 
 def main(argv):
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
+    if cfg.what == "estimate":
+        return bench_estimate(cfg)
     whats = ["prepare", "train", "data"] if cfg.what == "all" else [cfg.what]
-    if any(w not in ("prepare", "train", "data", "gpu") for w in whats):
-        raise UserError(f"what='{cfg.what}': use prepare, train, data, all or gpu")
+    if any(w not in ("prepare", "train", "data", "gpu", "coverage") for w in whats):
+        raise UserError(f"what='{cfg.what}': use prepare, train, data, all, gpu, coverage or estimate")
     shared_tiktoken = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken")
     if os.path.isdir(shared_tiktoken):      # offline tokenizer files, unless the user set a cache
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", shared_tiktoken)
@@ -592,7 +676,7 @@ def main(argv):
         for w in whats:
             t0 = time.time()
             record[w] = {"prepare": bench_prepare, "train": bench_train,
-                         "data": bench_data, "gpu": bench_gpu}[w](cfg, work)
+                         "data": bench_data, "gpu": bench_gpu, "coverage": bench_coverage}[w](cfg, work)
             record["loadavg"][w] = os.getloadavg()[0]
             print(f"\n({w}: {time.time() - t0:.0f}s; 1-minute load average {record['loadavg'][w]:.2f} "
                   f"on {record['cores']} cores)")

@@ -18,17 +18,20 @@ out/<run>/eval.json (the summary, with the learner's fitted Dirichlet concentrat
 """
 import os
 import time
+import zipfile
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from common import (BLOCK, Dataset, UserError, atomic_path, autocast_for, batched_losses,
-                    config_defaults, configure, file_sha, fixed_windows, gather_windows, logits_batch,
-                    read_json, resolve_device, resolve_dtype, run_cli, write_json)
-from model import GPT, GPTConfig
+from configurator import UserError, config_defaults, configure, run_cli
+from data import Dataset, file_sha, fixed_windows, gather_windows
+from mixture import Mixture, training_share
+from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
+                   resolve_dtype)
 from references import bayes_losses, fit_alpha, learner_losses, transition_counts
-from train import Mixture, resolve_mixture
+from runs import (atomic_path, load_checkpoint, lock_folder, read_json, read_run_file, run_identity,
+                  stop_with_sweep, write_json)
 
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
@@ -48,14 +51,14 @@ LN2 = np.log(2.0)
 def load_evalset(dataset, n, seed):
     """The fixed evaluation windows of a dataset, drawn on first use and saved beside the data."""
     path = os.path.join(dataset.dir, f"evalset_n{n}_s{seed}.npz")
-    if os.path.exists(path):
+    try:
         with np.load(path) as z:
-            if str(z["meta_sha"]) != dataset.meta_sha:
-                raise UserError(f"{path} was drawn from a different dataset than {dataset.dir}/"
-                                f"meta.json; delete it and evaluate again to redraw it")
-            return path, {c: (z[f"start:{c}"], z[f"doc:{c}"]) for c in dataset.components}
+            if str(z["fingerprint"]) == dataset.fingerprint:
+                return path, {c: (z[f"start:{c}"], z[f"doc:{c}"]) for c in dataset.components}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass          # missing, damaged, or drawn from other data: derived, so drawn again
     windows = {c: fixed_windows(dataset, c, "test", n, seed) for c in dataset.components}
-    arrays = {"meta_sha": np.array(dataset.meta_sha)}
+    arrays = {"fingerprint": np.array(dataset.fingerprint)}
     for c, (starts, docs) in windows.items():
         arrays[f"start:{c}"], arrays[f"doc:{c}"] = starts, docs
     with atomic_path(path) as tmp:
@@ -71,11 +74,11 @@ def learner_counts(run_dir, saved, dataset, chains):
     """
     What the learner knows: per component of the run, the transition counts of exactly the
     documents the run trained on, and the Dirichlet concentration fitted to them. The documents
-    are rebuilt, not redrawn, with train.py's own resolve_mixture and Mixture from the run's saved
+    are rebuilt, not redrawn, with train.py's own training_share and Mixture from the run's saved
     config and seed, so they are the run's token for token. Returns (counts (K, V, V), alphas (K,)).
     """
     cfg = SimpleNamespace(**saved["config"])
-    names, quotas, _ = resolve_mixture(dataset, cfg)
+    names, quotas, _, _ = training_share(dataset, cfg)
     if dict(zip(names, quotas)) != saved["mixture"]["tokens"]:
         raise UserError(f"{run_dir}: its config resolves to the mixture {dict(zip(names, quotas))} "
                         f"but it trained on {saved['mixture']['tokens']}; retrain it with this train.py")
@@ -101,35 +104,34 @@ def synthetic_references(windows, cat, names, weights, chains, counts, alphas):
 
 def load_run(run_dir, dataset_cache, device):
     """Check a run folder, load its model and dataset; one-line errors for what is wrong."""
-    config_path, ckpt_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "ckpt.pt")
-    if not os.path.isdir(run_dir) or not os.path.exists(config_path):
+    paths = {name: os.path.join(run_dir, name) for name in ("config.json", "done", "ckpt.pt")}
+    if not os.path.isdir(run_dir) or not os.path.exists(paths["config.json"]):
         raise UserError(f"{run_dir} is not a run folder (no config.json); train one with "
                         f"`python train.py config/<config>.py`")
-    saved = read_json(config_path)
-    if not (os.path.exists(os.path.join(run_dir, "done")) and os.path.exists(ckpt_path)):
+    saved = read_run_file(paths["config.json"], run_dir)
+    done = read_run_file(paths["done"], run_dir, required=False) if os.path.exists(paths["done"]) else None
+    if done is None or not os.path.exists(paths["ckpt.pt"]):
         argv = " ".join(saved.get("provenance", {}).get("argv", [])[1:])
         raise UserError(f"{run_dir} has not finished training (no done marker); finish it with "
                         f"`python train.py {argv}`")
     cfg = saved["config"]
-    data_dir = cfg["data_dir"]
-    if data_dir not in dataset_cache:
-        dataset_cache[data_dir] = Dataset(data_dir)
-    dataset = dataset_cache[data_dir]
-    if saved["dataset"]["meta_sha"] != dataset.meta_sha:
-        raise UserError(f"{run_dir} was trained on a different build of {data_dir} (meta.json changed "
-                        f"since); evaluate it on the data it was trained on, or retrain it")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model_config = GPTConfig(vocab_size=dataset.vocab_size, block_size=cfg["block_size"],
-                             n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-                             dropout=0.0, bias=cfg["bias"])
-    vocab_rows = ckpt["model"]["wte.weight"].shape[0]
-    if vocab_rows != model_config.padded_vocab or cfg["block_size"] != BLOCK:
-        raise UserError(f"{run_dir}'s checkpoint (vocabulary {vocab_rows} rows, block "
-                        f"{cfg['block_size']}) does not match {data_dir} (vocabulary "
-                        f"{dataset.vocab_size} -> {model_config.padded_vocab} rows, block {BLOCK}); "
-                        f"evaluate it against the dataset it was trained on")
-    model = GPT(model_config)
-    model.load_state_dict(ckpt["model"])
+    if cfg["data_dir"] not in dataset_cache:
+        dataset_cache[cfg["data_dir"]] = Dataset(cfg["data_dir"])
+    dataset = dataset_cache[cfg["data_dir"]]
+    if run_identity(cfg, dataset.fingerprint) != saved.get("identity"):
+        raise UserError(f"{run_dir} was trained on another build of {cfg['data_dir']} (or its config.json "
+                        f"was edited); evaluate it on the data it was trained on, or train it again")
+    ckpt = load_checkpoint(paths["ckpt.pt"])
+    if ckpt.get("identity") != saved["identity"] or ckpt["step"] != done.get("steps"):
+        raise UserError(f"{run_dir}: its checkpoint (step {ckpt['step']}) is not the finished run that "
+                        f"`done` describes (step {done.get('steps')}); delete `done` and run train.py "
+                        f"again to finish the run")
+    model = GPT(GPTConfig.from_run({**cfg, "dropout": 0.0}, dataset.vocab_size))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{run_dir}'s checkpoint does not fit its config ({str(e).splitlines()[0][:120]}); "
+                        f"train the run again")
     model.to(device).eval()
     return saved, dataset, model, ckpt["step"]
 
@@ -140,17 +142,31 @@ def summarise(losses):
             "xe_t": [round(float(v), 6) for v in xe_t]}
 
 
+def previous_evaluation(run_dir, cfg, device):
+    """The run's eval.json if it is complete and still valid: the same run (identity), the same
+    evaluation set and precision, and an eval.npz that loads. Anything else is evaluated again."""
+    try:
+        previous = read_json(os.path.join(run_dir, "eval.json"))
+        saved = read_json(os.path.join(run_dir, "config.json"))
+        with np.load(os.path.join(run_dir, "eval.npz")) as z:
+            z.files                                              # noqa: B018 (readable index)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    evalset = previous.get("evalset", {})
+    same = (previous.get("identity") == saved.get("identity")
+            and (evalset.get("n_windows"), evalset.get("seed")) == (cfg.eval_windows, cfg.eval_seed)
+            and previous.get("dtype") == resolve_dtype(cfg.dtype, device)
+            and os.path.exists(evalset.get("path", "")) and file_sha(evalset["path"]) == evalset.get("sha"))
+    return previous if same else None
+
+
 def evaluate_run(run_dir, cfg, dataset_cache, device):
+    lock = lock_folder(run_dir, "evaluate.py") if os.path.isdir(run_dir) else None   # noqa: F841
     eval_json = os.path.join(run_dir, "eval.json")
-    if os.path.exists(eval_json) and not cfg.force:
-        previous = read_json(eval_json)
-        evalset = previous["evalset"]
-        same_set = (evalset["n_windows"], evalset["seed"]) == (cfg.eval_windows, cfg.eval_seed)
-        # an evaluation from before the learner references existed is redone on synthetic data
-        complete = previous.get("source") != "synthetic" or "learner_alpha" in previous
-        if same_set and complete:
-            print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
-            return previous
+    previous = None if cfg.force else previous_evaluation(run_dir, cfg, device)
+    if previous is not None:
+        print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
+        return previous
     t0 = time.time()
     saved, dataset, model, step = load_run(run_dir, dataset_cache, device)
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
@@ -158,7 +174,8 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     chains = dataset.chains()
     if chains is not None:
         counts, alphas = learner_counts(run_dir, saved, dataset, chains)
-    autocast = autocast_for(device, resolve_dtype(cfg.dtype, device))
+    dtype = resolve_dtype(cfg.dtype, device)
+    autocast = autocast_for(device, dtype)
     batch_size = cfg.batch_size or logits_batch(model.config.padded_vocab)
     arrays, categories = {}, {}
     for cat in dataset.components:
@@ -178,20 +195,23 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
     done = read_json(os.path.join(run_dir, "done"))
-    result = {"run": os.path.basename(os.path.normpath(run_dir)), "dataset": dataset.name,
-              "source": dataset.source, "k": len(names), "components": names, "weights": weights,
-              "seed": saved["config"]["seed"], "model_size": saved["model"]["size"],
-              "n_params": saved["model"]["n_params"], "token_budget": saved["mixture"]["budget"],
-              "tokens_trained": done["tokens"], "checkpoint_step": step,
-              "evalset": {"path": evalset_path, "sha": file_sha(evalset_path),
-                          "seed": cfg.eval_seed, "n_windows": cfg.eval_windows},
+    config = saved["config"]
+    result = {"run": os.path.basename(os.path.normpath(run_dir)), "identity": saved["identity"],
+              "experiment": saved["experiment"], "dataset": dataset.name, "source": dataset.source,
+              "k": config["k"], "control": bool(config.get("control")), "mixture": config["components"],
+              "components": names, "weights": weights, "seed": config["seed"],
+              "model_size": saved["model"]["size"], "n_params": saved["model"]["n_params"],
+              "token_budget": int(sum(saved["mixture"]["tokens"].values())),
+              "tokens_trained": done["tokens"], "checkpoint_step": step, "steps": done["steps"],
+              "dtype": dtype, "evalset": {"path": evalset_path, "sha": file_sha(evalset_path),
+                                          "seed": cfg.eval_seed, "n_windows": cfg.eval_windows},
               "categories": categories}
     if chains is not None:
         result["entropy_rate"] = {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])}
         result["learner_alpha"] = {n: float(a) for n, a in zip(names, alphas)}
     write_json(eval_json, result)
     own = np.mean([categories[n]["xe_mean"] for n in names])
-    print(f"{run_dir}: K={len(names)} XE over its own components {own:.4f} nats "
+    print(f"{run_dir}: K={config['k']}{' control' if result['control'] else ''} XE over its own components {own:.4f} nats "
           f"({own / LN2:.4f} bits), {len(categories)} categories x {cfg.eval_windows} windows "
           f"in {time.time() - t0:.1f}s")
     return result
@@ -204,6 +224,7 @@ def main(argv):
         raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
                         "(`ls out/` lists them)")
     device = resolve_device(cfg.device)
+    stop_with_sweep()
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     dataset_cache, failed = {}, []

@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import BLOCK
+from configurator import UserError
+from data import BLOCK
 
 
 @dataclass
@@ -173,3 +174,58 @@ class GPT(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+# -----------------------------------------------------------------------------
+# running the model: device, precision, per-token losses in batches
+
+def resolve_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
+
+
+def batched_losses(model, x, y, device, batch_size, autocast):
+    """Per-token losses (float32 numpy) of windows x -> y, a batch at a time, in inference mode."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[i:i + batch_size]).to(device)
+            yb = torch.from_numpy(y[i:i + batch_size]).to(device)
+            with autocast:
+                out.append(model(xb, yb).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def logits_batch(vocab_size):
+    """Windows per forward pass that keep the float32 logits near 1 GB."""
+    return max(1, (1 << 28) // (BLOCK * vocab_size))
+
+
+def resolve_switch(value, device):
+    """A speed switch (compile, fused AdamW): "auto" is on for CUDA and off for CPU, where these
+    cost more than they save on small models; True or False is honoured on either device."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def resolve_dtype(dtype, device):
+    """The autocast dtype: "auto" is bfloat16 on CUDA and float32 on CPU; either is honoured on
+    either device (bf16 on CPU exercises the CUDA path's precision in the tests)."""
+    if dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    # no float16: it needs loss scaling, which bf16 (same speed on Ampere and later) does not
+    if dtype not in ("bfloat16", "float32"):
+        raise UserError(f"dtype={dtype!r}: use auto, bfloat16 or float32")
+    return dtype
+
+
+def autocast_for(device, dtype):
+    """Autocast for a resolved dtype; losses are computed in float32 regardless."""
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

@@ -3,8 +3,8 @@ Statistics of the harness: intervals over seeds and documents, paired difference
 test, the fitted laws with intervals from refitting, and a coverage benchmark that checks the
 intervals by simulation. No plotting here; plot.py draws and writes what this module computes.
 
-    python stats.py --coverage                 # coverage table: regime x seeds x method (markdown)
-    python stats.py --fits                     # coverage of the fitted laws' intervals
+    python bench.py --what=coverage                   # coverage table: regime x seeds x method
+    python bench.py --what=coverage --fits=True       # and the fitted laws' intervals (minutes)
 
 Design. Every run of a dataset is scored on the same evaluation windows, grouped by document, so
 the data are crossed: seeds x documents. An estimate is the plain mean over seeds of the window
@@ -45,7 +45,6 @@ bootstrap whose replicate covariance equals that term, so that a law's interval 
 correlation between positions and between K values that share windows. A parameter's per-block
 variances combine as the terms do, and their Satterthwaite df sets the t quantile, as for a mean.
 """
-import argparse
 import inspect
 import math
 import time
@@ -56,7 +55,7 @@ import numpy as np
 from scipy import optimize, sparse
 from scipy import stats as scipy_stats
 
-from common import BLOCK
+from data import BLOCK
 
 LEVEL = 0.95
 SCOPES = ("seeds and documents", "documents only", "seeds only", "n/a")
@@ -920,36 +919,3 @@ def fit_markdown_table(rows):
     lines += [f"| {r['regime']} | {r['law']} | {r['parameter']} | {r['coverage_refit']:.3f} | "
               f"{r['coverage_fit_covariance']:.3f} |" for r in rows]
     return "\n".join(lines)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="coverage of the intervals, by simulation (module docstring)")
-    parser.add_argument("--coverage", action="store_true",
-                        help="means and paired differences: regime x seeds x method")
-    parser.add_argument("--fits", action="store_true", help="the fitted laws' intervals at --seeds seeds")
-    parser.add_argument("--replicates", type=int, default=None, help="simulated experiments per cell "
-                        "(default 10000 for --coverage, 200 for --fits)")
-    parser.add_argument("--n_boot", type=int, default=1000, help="bootstrap draws of the baseline (--coverage)")
-    parser.add_argument("--n_rep", type=int, default=300, help="refit replicates per source (--fits)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per K (--fits)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not (args.coverage or args.fits):
-        parser.error("say --coverage and/or --fits")
-    if args.coverage:
-        began = time.perf_counter()
-        rows = coverage_table(replicates=args.replicates or 10000, n_boot=args.n_boot, seed=args.seed)
-        print(markdown_table(rows))
-        print(f"\n{rows[0]['replicates']} simulated experiments per row, {args.n_boot} bootstrap draws for the "
-              f"baseline; cells: coverage of the true value (width of the interval, nats); "
-              f"{time.perf_counter() - began:.0f} s\n")
-    if args.fits:
-        began = time.perf_counter()
-        rows = fit_coverage(n_seeds=args.seeds, replicates=args.replicates or 200, n_rep=args.n_rep, seed=args.seed)
-        print(fit_markdown_table(rows))
-        print(f"\n{rows[0]['replicates']} simulated sweeps (K = 1..5, {args.seeds} seeds) per regime, "
-              f"{args.n_rep} refit replicates per source; {time.perf_counter() - began:.0f} s")
-
-
-if __name__ == "__main__":
-    main()

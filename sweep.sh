@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The whole experiment: prepare -> train K = 1..5 x seeds x sizes -> evaluate -> plot -> REPORT.md
+# The whole experiment: prepare -> train K = 1..5 x seeds x sizes, plus the data-matched controls
+# -> evaluate -> plot -> REPORT.md
 #
 #   bash sweep.sh                        # arXiv, one GPU (or several: one run per GPU)
-#   bash sweep.sh synthetic              # synthetic chains on CPU, minutes, with Bayes references
+#   bash sweep.sh synthetic              # synthetic chains on CPU, minutes, with exact references
 #   SEEDS="1 2" SIZES="tiny small" bash sweep.sh --learning_rate=6e-4   # extra args go to train.py
 #
-# Stop it at any time (Ctrl-C, kill) and start it again: finished runs are skipped, interrupted
-# runs resume from their checkpoints, evaluations are not repeated.
+# Stop it at any time (Ctrl-C, kill, even kill -9) and start it again: runs that are finished
+# (the same identity: every setting that changes the numbers, and the data) are skipped,
+# interrupted ones resume from their checkpoints, evaluations are not repeated. Runs with other
+# settings (an ablation, a changed default) get their own folders beside the old ones.
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -17,6 +20,8 @@ EXTRA=("$@")                                  # --key=value arguments passed to 
 # ---- settings (environment variables override) -----------------------------------------------
 SEEDS=${SEEDS:-"1 2 3"}                       # seeds per K
 KS=${KS:-"1 2 3 4 5"}                         # numbers of components
+CONTROLS=${CONTROLS:-1}                       # 1: for every K >= 2 and seed, the K = 1 control
+                                              # trained on the first component's share (0: none)
 OUT=${OUT:-out}                               # runs root
 RESULTS=${RESULTS:-results}                   # figures, tables, REPORT.md
 PYTHON=${PYTHON:-python}
@@ -32,7 +37,7 @@ else
   SIZES="synthetic"                           # the synthetic config carries its own model size
   DATA=${DATA:-data/synthetic}
   PREPARE_ARGS=${PREPARE_ARGS:-""}
-  BASE_CONFIG="config/synthetic.py"
+  BASE_CONFIG="config/synthetic.py"           # (plot.py's default experiment: runs.DEFAULT_CONFIGS)
   EVAL_ARGS=${EVAL_ARGS:-"--cpu_threads=1"}   # runs are evaluated side by side, one core each
 fi
 # -----------------------------------------------------------------------------------------------
@@ -40,6 +45,31 @@ fi
 mkdir -p "$OUT"
 SWEEP_LOG="$OUT/sweep.log"
 say() { echo "[$(date '+%H:%M:%S')] $*" | tee -a "$SWEEP_LOG"; }
+
+# whether a process runs (a killed one that nobody has reaped yet, a zombie, does not)
+alive() { local s; s=$(cut -d')' -f2 "/proc/$1/stat" 2>/dev/null) && [[ ${s:1:1} != Z ]] \
+          || { [[ ! -d /proc ]] && kill -0 "$1" 2>/dev/null; }; }
+
+# one sweep per runs folder: a lock every process of the sweep holds (they inherit it), released
+# by the OS when the last of them ends, however they end
+if command -v flock >/dev/null; then
+  exec 9>>"$OUT/.sweep.lock"
+  if ! flock -n 9; then
+    holder=$(cat "$OUT/.sweep.pid" 2>/dev/null); holder=${holder#PID }
+    if [[ -n $holder ]] && alive "$holder"; then
+      echo "error: another sweep.sh (PID $holder) is running on $OUT; wait for it or stop it, or use" \
+           "another OUT=" >&2
+      exit 2
+    fi
+    echo "waiting for the runs of a stopped sweep (PID ${holder:-unknown}) to save their checkpoints"
+    flock -w 120 9 || { echo "error: processes of a stopped sweep still hold $OUT/.sweep.lock;" \
+                             "stop them (fuser $OUT/.sweep.lock)" >&2; exit 2; }
+  fi
+fi
+echo "PID $$" >"$OUT/.sweep.pid"
+# every train.py and evaluate.py this sweep starts ends itself when the sweep is gone (SWEEP_PID),
+# so a sweep killed with -9 leaves nothing running that a restarted sweep could race
+export SWEEP_PID=$$
 FAILED="$OUT/.sweep_failed"
 rm -f "$FAILED"
 
@@ -52,28 +82,13 @@ on_interrupt() {
 }
 trap on_interrupt INT TERM
 
-say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, data $DATA, extra: ${EXTRA[*]:-none}"
+say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, controls $([[ $CONTROLS == 1 ]] && echo on || echo off), data $DATA, extra: ${EXTRA[*]:-none}"
 
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 if [[ $MODE == arxiv && $N_GPUS -eq 0 && $FORCE_CPU != 1 ]]; then
-  $PYTHON - "$DATA" "$SIZES" "$KS" "$SEEDS" <<'EOF'
-import json, os, sys
-from model import GPT, GPTConfig
-data, sizes, ks, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
-stats = os.path.join(data, "stats.json")
-budget = json.load(open(stats))["default_budget"] if os.path.exists(stats) else 50_000_000
-cpu_flops = 5e10          # what 2-4 cores sustain on these models in float32, roughly
-total = 0.0
-for size in sizes:
-    cfg = {}
-    exec(open(f"config/{size}.py").read(), {}, cfg)
-    model = GPT(GPTConfig(vocab_size=50257, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"]))
-    total += model.flops_per_token() * budget * 4 * len(ks) * len(seeds)
-print(f"no GPU visible: the arXiv sweep ({len(ks) * len(seeds) * len(sizes)} runs, {budget:,} tokens x 4 "
-      f"epochs each) would take about {total / cpu_flops / 86400:.0f} days on this CPU.\n"
-      f"Run `bash sweep.sh synthetic` for the CPU-sized experiment, or FORCE_CPU=1 bash sweep.sh to insist.")
-EOF
+  $PYTHON bench.py --what=estimate --data_dir="$DATA" --sizes="${SIZES// /,}" --ks="${KS// /,}" \
+    --seeds="${SEEDS// /,}" --controls="$CONTROLS"
   exit 1
 fi
 # ---- 2. data ------------------------------------------------------------------------------------
@@ -88,46 +103,58 @@ if [[ $PARALLEL == auto ]]; then
   [[ $MODE == arxiv && $N_GPUS -eq 0 ]] && PARALLEL=1
 fi
 
+# the main runs first (K = 1 before anything that is compared with it), then the controls
 RUNS=()
-for size in $SIZES; do for k in $KS; do for seed in $SEEDS; do
-  RUNS+=("$size:$k:$seed")
-done; done; done
+for size in $SIZES; do for k in $KS; do for seed in $SEEDS; do RUNS+=("$size:$k:$seed:0"); done; done; done
+if [[ $CONTROLS == 1 ]]; then
+  for size in $SIZES; do for k in $KS; do [[ $k -ge 2 ]] || continue
+    for seed in $SEEDS; do RUNS+=("$size:$k:$seed:1"); done; done; done
+fi
 say "${#RUNS[@]} runs, $PARALLEL at a time"
 
 # ---- 3. train + evaluate each run (one slot per GPU, or per core on CPU) ---------------------------
-run_one() {   # size k seed slot
-  local size=$1 k=$2 seed=$3 slot=$4
-  local configs=$BASE_CONFIG
+run_one() {   # size k seed control slot
+  local size=$1 k=$2 seed=$3 control=$4 slot=$5
+  local configs=$BASE_CONFIG label="k${k}" dir rc
   [[ $MODE == arxiv ]] && configs="config/$size.py"
-  local name="$(basename "$DATA")_k${k}_${size}_s${seed}"
-  [[ $MODE == synthetic ]] && name="$(basename "$DATA")_k${k}_s${seed}"
-  local dir="$OUT/$name"
+  [[ $control == 1 ]] && label="k${k} control"
+  local args=($configs --data_dir="$DATA" --out_root="$OUT" --k="$k" --seed="$seed" --control="$control" "${EXTRA[@]}")
   if [[ $N_GPUS -gt 1 ]]; then          # one GPU per slot, from the list the user gave, if any
     local gpus
     IFS=, read -r -a gpus <<<"${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((N_GPUS - 1)))}"
     export CUDA_VISIBLE_DEVICES=${gpus[$((slot % ${#gpus[@]}))]}
   fi
-  if [[ -f "$dir/eval.json" ]]; then
+  # the run's folder is named by its identity: train.py says which it is
+  if ! dir=$($PYTHON train.py "${args[@]}" --print_run_dir 2>&1); then
+    say "$size $label s$seed: FAILED: $dir"; echo "$size $label s$seed" >>"$FAILED"; return 0
+  fi
+  local name=$(basename "$dir") log="$dir/train.log" skipped=0
+  alive "$SWEEP_PID" || exit 143                    # the sweep is gone: start nothing new
+  # a valid evaluation of this identity means a finished run: evaluate.py checks, in one start
+  if [[ -f "$dir/eval.json" ]] && $PYTHON evaluate.py "$dir" $EVAL_ARGS 2>&1 | tee -a "$dir/train.log" \
+       | tail -n 1 | grep -q "already evaluated"; then
     say "$name: finished and evaluated, skipped"; return 0
   fi
-  if [[ -f "$dir/done" ]]; then
-    say "$name: trained, evaluating"
-  else
-    [[ -f "$dir/ckpt.pt" ]] && say "$name: resuming" || say "$name: training"
-    mkdir -p "$dir"
-    $PYTHON train.py $configs --data_dir="$DATA" --k="$k" --seed="$seed" --run_name="$name" \
-      --out_dir="$dir" "${EXTRA[@]}" >>"$dir/train.log" 2>&1
-    local rc=$?
-    if [[ $rc -ne 0 ]]; then
-      [[ $rc -eq 143 || $rc -eq 130 ]] && return $rc
-      say "$name: training FAILED (exit $rc): $(tail -n 1 "$dir/train.log")"
-      echo "$name" >>"$FAILED"; return 0
-    fi
+  mkdir -p "$dir"
+  [[ -f "$dir/ckpt.pt" && ! -f "$dir/done" ]] && say "$name: resuming"
+  [[ ! -f "$dir/ckpt.pt" ]] && say "$name: training"
+  # train.py and evaluate.py each return at once when their part is already done for this identity
+  $PYTHON train.py "${args[@]}" >>"$log" 2>&1; rc=$?
+  if [[ $rc -ne 0 ]]; then
+    [[ $rc -eq 143 || $rc -eq 130 ]] && return $rc
+    say "$name: training FAILED (exit $rc): $(tail -n 1 "$log")"
+    echo "$name" >>"$FAILED"; return 0
   fi
-  if $PYTHON evaluate.py "$dir" $EVAL_ARGS >>"$dir/train.log" 2>&1; then
-    say "$(tail -n 1 "$dir/train.log")"
+  tail -n 1 "$log" | grep -q "already finished" && skipped=1
+  alive "$SWEEP_PID" || exit 143
+  $PYTHON evaluate.py "$dir" $EVAL_ARGS >>"$log" 2>&1; rc=$?
+  if [[ $rc -ne 0 ]]; then
+    [[ $rc -eq 143 ]] && return $rc
+    say "$name: evaluation FAILED: $(tail -n 1 "$log")"; echo "$name" >>"$FAILED"
+  elif [[ $skipped == 1 ]] && tail -n 1 "$log" | grep -q "already evaluated"; then
+    say "$name: finished and evaluated, skipped"
   else
-    say "$name: evaluation FAILED: $(tail -n 1 "$dir/train.log")"; echo "$name" >>"$FAILED"
+    say "$(tail -n 1 "$log")"
   fi
 }
 
@@ -135,8 +162,8 @@ for ((slot = 0; slot < PARALLEL; slot++)); do
   (
     trap 'exit 143' TERM
     for ((i = slot; i < ${#RUNS[@]}; i += PARALLEL)); do
-      IFS=: read -r size k seed <<<"${RUNS[$i]}"
-      run_one "$size" "$k" "$seed" "$slot" || exit $?
+      IFS=: read -r size k seed control <<<"${RUNS[$i]}"
+      run_one "$size" "$k" "$seed" "$control" "$slot" || exit $?
     done
   ) &
   SLOT_PIDS+=($!)

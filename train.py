@@ -14,6 +14,7 @@ A run folder out/<run_name>/ holds config.json, log.jsonl, ckpt.pt and, when fin
 Kill it at any time: the same command resumes from the last checkpoint and ends bit-identically
 (on CPU) to an uninterrupted run.
 """
+import importlib.util
 import json
 import math
 import os
@@ -24,11 +25,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (BLOCK, WINDOW, Dataset, UserError, atomic_path, autocast_for, batched_losses,
-                    config_defaults, configure, doc_windows, fixed_windows, gather_windows,
-                    logits_batch, provenance, read_json, read_log, resolve_device, resolve_dtype,
-                    resolve_switch, run_cli, stable_hash, write_json)
-from model import GPT, GPTConfig
+from configurator import UserError, config_defaults, configure, run_cli
+from data import BLOCK, WINDOW, Dataset, fixed_windows, gather_windows
+from mixture import Mixture, StepPlan, resolve_mixture, training_share
+from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
+                   resolve_dtype, resolve_switch)
+from runs import (atomic_path, experiment_identity, identity_config, load_checkpoint, lock_folder,
+                  provenance, read_log, read_run_file, run_identity, default_run_name, size_label,
+                  stop_with_sweep, write_json)
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with config files and --key=value)
@@ -40,10 +44,14 @@ weights = []                # mixture weights over the components (default: equa
 token_budget = 0            # unique training tokens in the mixture; 0 = train tokens of the
                             # smallest top-five category, so that K = 1 uses all of it
 epochs = 4                  # passes over the mixture (3 to 5 intended); fixes steps and tokens
+control = False             # train the data-matched K = 1 control of this K-mixture instead: its
+                            # first component's share, epochs x K passes (the same steps)
 seed = 1337                 # model init, mixture subset, epoch phases and order, dropout
 # run
-run_name = ""               # default: <dataset>_k<K>_<size>_s<seed>
-out_dir = ""                # default: out/<run_name>
+out_root = "out"            # run folders go to out_root/<run_name>
+run_name = ""               # default: <dataset>_k<K>[ctrl]_<size>_s<seed>_<identity>
+out_dir = ""                # default: out_root/run_name
+print_run_dir = False       # print the run's folder and exit (sweep.sh asks this)
 device = "auto"             # "auto", "cpu", "cuda", "cuda:1"
 compile = "auto"            # torch.compile: "auto" = on for CUDA, off for CPU; True/False honoured
 dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU; or either by name
@@ -51,13 +59,13 @@ fused_adamw = "auto"        # fused AdamW kernel: "auto" = on for CUDA, off for 
 gpu_resident = True         # keep the mixture's tokens on the GPU and gather windows there
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default. Tiny models run fastest
                             # on 1 thread (and the synthetic sweep then trains runs side by side)
-# model
+# model (config/tiny.py, small.py, medium.py set these; size names them in run names and tables)
+size = "small"
 n_layer = 6
 n_head = 6
 n_embd = 384
 dropout = 0.0
 bias = False
-block_size = BLOCK          # fixed by the measurement: XE(t) for t = 1..100
 # optimisation
 batch_size = 128            # windows (of 100 targets) per optimizer step
 learning_rate = 1e-3
@@ -77,140 +85,7 @@ wandb_log = False
 wandb_project = "ergodic-k"
 wandb_run_name = ""
 # -----------------------------------------------------------------------------
-# keys that do not change the numbers a run produces: a resumed run may change them
-# (compile, dtype and the fused optimizer change results only by floating-point rounding)
-OPERATIONAL_KEYS = {"device", "compile", "dtype", "fused_adamw", "gpu_resident", "cpu_threads",
-                    "log_interval", "ckpt_interval", "peak_flops", "wandb_log", "wandb_project",
-                    "wandb_run_name", "out_dir"}
-
-
-# -----------------------------------------------------------------------------
-# the mixture: K components, budget/K tokens each, as one token buffer of whole documents
-
-class Mixture:
-    """
-    One flat token buffer holding the run's documents, each preceded by an EOT (its context
-    start: the previous document's closing EOT, or a separator at the start and after a document
-    cut to fit a quota), plus WINDOW tokens of padding so every window gather stays in bounds.
-    doc_start/doc_end index the buffer; doc_comp says which component a document came from.
-    """
-
-    def __init__(self, dataset, names, quotas, seed):
-        pieces, starts, ends, comps, n_docs = [], [], [], [], []
-        position, eot = 0, dataset.eot
-        for c, (name, quota) in enumerate(zip(names, quotas)):
-            tokens, offsets = dataset.tokens(name, "train"), dataset.offsets(name, "train")
-            rng = np.random.default_rng([seed, stable_hash(name)])
-            order = rng.permutation(len(offsets) - 1)
-            taken = 0
-            for d in order:
-                if taken == quota:
-                    break
-                length = min(int(offsets[d + 1] - offsets[d]), quota - taken)  # last doc cut
-                if not pieces or pieces[-1][-1] != eot:     # a separator, unless the previous
-                    pieces.append(np.array([eot], dtype=np.uint16))    # document ended with one
-                    position += 1
-                pieces.append(tokens[offsets[d]:offsets[d] + length])
-                starts.append(position)
-                ends.append(position + length)
-                comps.append(c)
-                position += length
-                taken += length
-            n_docs.append(len(comps) - sum(n_docs))
-        pieces.append(np.full(WINDOW, eot, dtype=np.uint16))
-        self.tokens = np.concatenate(pieces)
-        self.doc_start, self.doc_end = np.array(starts), np.array(ends)
-        self.doc_comp = np.array(comps)
-        self.n_docs = n_docs
-        self.budget = int(sum(quotas))
-
-    def epoch_windows(self, seed, epoch):
-        """This epoch's windows in training order: (starts, n_targets, component) arrays."""
-        rng = np.random.default_rng([seed, epoch, 0xE90C])
-        heads = rng.integers(1, BLOCK + 1, size=len(self.doc_start))   # fresh phase per doc
-        parts = [doc_windows(s, e, h) for s, e, h in zip(self.doc_start, self.doc_end, heads)]
-        starts = np.concatenate([p[0] for p in parts])
-        n_targets = np.concatenate([p[1] for p in parts])
-        comp = np.repeat(self.doc_comp, [len(p[0]) for p in parts])
-        order = rng.permutation(len(starts))                            # mixed across components
-        return starts[order], n_targets[order], comp[order]
-
-    def max_windows(self):
-        """An upper bound on windows per epoch, whatever the phases: fixes the batch shape."""
-        lengths = self.doc_end - self.doc_start
-        return int(np.sum(np.ceil((lengths - 1) / BLOCK) + 1))
-
-
-def resolve_mixture(dataset, cfg):
-    """Component names, integer token quotas summing exactly to the budget, and the weights."""
-    if cfg.components:
-        names = list(cfg.components)
-        for name in names:
-            dataset.check_component(name)
-        if len(set(names)) != len(names):
-            raise UserError(f"components lists a component twice: {names}")
-    else:
-        if not 1 <= cfg.k <= len(dataset.default_order):
-            raise UserError(f"k={cfg.k}: the default order of {dataset.name} has "
-                            f"{len(dataset.default_order)} components "
-                            f"({', '.join(dataset.default_order)}); use k in 1..{len(dataset.default_order)} "
-                            f"or name them with --components=a,b,c")
-        names = dataset.default_order[:cfg.k]
-    weights = np.array(cfg.weights if cfg.weights else [1.0] * len(names), dtype=float)
-    if len(weights) != len(names) or np.any(weights <= 0):
-        raise UserError(f"weights={list(cfg.weights)} must be {len(names)} positive numbers, one per "
-                        f"component ({', '.join(names)})")
-    weights = weights / weights.sum()
-    budget = cfg.token_budget or dataset.n_tokens(dataset.default_order[0], "train")
-    # largest-remainder rounding: integer quotas that sum exactly to the budget
-    raw = budget * weights
-    quotas = np.floor(raw).astype(np.int64)
-    for i in np.argsort(-(raw - quotas), kind="stable")[:budget - int(quotas.sum())]:
-        quotas[i] += 1
-    for name, quota in zip(names, quotas):
-        available = dataset.n_tokens(name, "train")
-        if quota > available:
-            fit = int(available / weights[names.index(name)])
-            raise UserError(f"token_budget={budget:,} asks {quota:,} tokens of {name}, which has "
-                            f"{available:,} train tokens; use --token_budget={fit:,} or less")
-    return names, [int(q) for q in quotas], [float(w) for w in weights]
-
-
-# -----------------------------------------------------------------------------
-# the step plan: every epoch has the same number of steps, each with a fixed number of rows
-
-class StepPlan:
-    """
-    Splits an epoch's windows into steps_per_epoch steps of nearly equal size (they differ by
-    at most one window), each padded to a fixed `rows` (padding rows have no targets), and each
-    step's rows dealt to DDP ranks round-robin. steps_per_epoch depends only on the budget and
-    batch size, so every K takes the same steps on the same tokens.
-    """
-
-    def __init__(self, mixture, batch_size, world):
-        self.steps_per_epoch = math.ceil(mixture.budget / (batch_size * BLOCK))
-        rows = math.ceil(mixture.max_windows() / self.steps_per_epoch)
-        self.rows = world * math.ceil(rows / world)
-        self.world = world
-        self.mixture = mixture
-        self._epoch, self._windows = None, None
-
-    def step(self, seed, step):
-        """The rows of a global step: (starts, n_targets, comp) arrays of length rows, and epoch."""
-        epoch, j = divmod(step, self.steps_per_epoch)
-        if self._epoch != epoch:
-            self._epoch, self._windows = epoch, self.mixture.epoch_windows(seed, epoch)
-        starts, n_targets, comp = self._windows
-        bounds = np.linspace(0, len(starts), self.steps_per_epoch + 1).round().astype(np.int64)
-        lo, hi = bounds[j], bounds[j + 1]
-        pad = self.rows - (hi - lo)
-        return (np.concatenate([starts[lo:hi], np.zeros(pad, dtype=np.int64)]),
-                np.concatenate([n_targets[lo:hi], np.zeros(pad, dtype=np.int64)]),
-                np.concatenate([comp[lo:hi], np.full(pad, -1)]), epoch)
-
-    def for_rank(self, rows, rank):
-        """This rank's share of a step's rows: every world-th row, so ranks never overlap."""
-        return tuple(a[rank::self.world] for a in rows)
+# (which of these keys make a run's identity: runs.NOT_IDENTITY lists those that do not)
 
 
 class WindowSource:
@@ -320,10 +195,6 @@ def learning_rate_at(step, cfg, total_steps):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - cfg.min_lr)
 
 
-def size_label(cfg):
-    return f"{cfg.n_layer}L-{cfg.n_embd}d"
-
-
 def validation_loss(model, windows, device, autocast):
     """Mean loss on the fixed validation windows, per component."""
     model.eval()
@@ -335,271 +206,348 @@ def validation_loss(model, windows, device, autocast):
 
 
 # -----------------------------------------------------------------------------
+# setup: the config, the run's identity and folder, the model and its state
 
-def main(argv):
+def read_config(argv):
+    """The config with every range checked (one line per mistake, before any work)."""
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
-    if cfg.block_size != BLOCK:
-        raise UserError(f"block_size={cfg.block_size}: the measurement is XE(t) for t = 1..{BLOCK}, "
-                        f"so block_size is fixed at {BLOCK}")
-    if not 1 <= cfg.epochs <= 100:
-        raise UserError(f"epochs={cfg.epochs}: use a positive number of epochs (3 to 5 intended)")
-    for key in ("batch_size", "n_layer", "n_head", "n_embd", "log_interval", "eval_interval",
-                "ckpt_interval", "val_windows"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key}={getattr(cfg, key)}: must be a positive integer")
-    if cfg.token_budget < 0:
-        raise UserError(f"token_budget={cfg.token_budget}: use a positive number, or 0 for the default")
-    if cfg.n_embd % cfg.n_head:
-        raise UserError(f"n_embd={cfg.n_embd} is not a multiple of n_head={cfg.n_head}")
-    wandb = None
-    if cfg.wandb_log:                      # checked before any work, used by rank 0 only
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("wandb_log=True but wandb is not installed: `pip install wandb`, "
-                            "or drop --wandb_log")
+    checks = [(1 <= cfg.epochs <= 100, "epochs", "use 1 to 100 passes (3 to 5 intended)"),
+              (cfg.seed >= 0, "seed", "use a seed >= 0"),
+              (0 <= cfg.dropout < 1, "dropout", "use 0 <= dropout < 1"),
+              (cfg.token_budget >= 0, "token_budget", "use a positive number, or 0 for the default"),
+              (cfg.n_embd % cfg.n_head == 0, "n_embd", f"must be a multiple of n_head={cfg.n_head}"),
+              (cfg.learning_rate > 0 and cfg.min_lr >= 0, "learning_rate", "use a positive rate")]
+    checks += [(getattr(cfg, key) >= 1, key, "must be a positive integer")
+               for key in ("batch_size", "n_layer", "n_head", "n_embd", "log_interval",
+                           "eval_interval", "ckpt_interval", "val_windows")]
+    for ok, key, advice in checks:
+        if not ok:
+            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+    if cfg.wandb_log and importlib.util.find_spec("wandb") is None:
+        raise UserError("wandb_log=True but wandb is not installed: `pip install wandb`, or drop --wandb_log")
+    return cfg
 
-    # distributed setup: torchrun sets RANK/WORLD_SIZE; each rank takes its share of every step
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+def distributed_setup(cfg):
+    """(device, rank, world): torchrun sets RANK/WORLD_SIZE; each rank takes its share of a step."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if ddp:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-        device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(device)
-    else:
-        device = resolve_device(cfg.device)
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
+    if world == 1:
+        return resolve_device(cfg.device), 0, 1
+    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return device, rank, world
 
-    dataset = Dataset(cfg.data_dir)
+
+def resolve_run(dataset, cfg):
+    """Resolve the mixture into cfg, then the run's identity, name and folder. Returns paths."""
     names, quotas, weights = resolve_mixture(dataset, cfg)
     cfg.components, cfg.k, cfg.weights, cfg.token_budget = names, len(names), weights, sum(quotas)
-    cfg.run_name = cfg.run_name or f"{dataset.name}_k{cfg.k}_{size_label(cfg)}_s{cfg.seed}"
-    cfg.out_dir = cfg.out_dir or os.path.join("out", cfg.run_name)
-    paths = SimpleNamespace(config=os.path.join(cfg.out_dir, "config.json"),
-                            log=os.path.join(cfg.out_dir, "log.jsonl"),
-                            ckpt=os.path.join(cfg.out_dir, "ckpt.pt"),
-                            done=os.path.join(cfg.out_dir, "done"))
-    if os.path.exists(paths.done):
-        log(f"{cfg.out_dir} is already finished ({paths.done}); nothing to do "
-            f"(delete the folder to train it again)")
-        return
-    if os.path.exists(paths.config):
-        saved_run = read_json(paths.config)
-        if saved_run["dataset"]["meta_sha"] != dataset.meta_sha:
-            raise UserError(f"{cfg.out_dir} was started on a different build of {cfg.data_dir} "
-                            f"(meta.json changed since); delete {cfg.out_dir} to train it afresh")
-        saved = saved_run["config"]
-        changed = [k for k in saved if k not in OPERATIONAL_KEYS and saved[k] != vars(cfg).get(k)]
-        if changed:
-            k0 = changed[0]
-            raise UserError(f"{cfg.out_dir} holds a run with a different config ({k0}: "
-                            f"{saved[k0]!r} there, {vars(cfg)[k0]!r} now); pick another "
-                            f"--run_name or delete {cfg.out_dir}")
+    cfg.identity = run_identity(vars(cfg), dataset.fingerprint)
+    cfg.run_name = cfg.run_name or default_run_name(vars(cfg), dataset.name, cfg.identity, size_label(vars(cfg)))
+    cfg.out_dir = cfg.out_dir or os.path.join(cfg.out_root, cfg.run_name)
+    return SimpleNamespace(**{f: os.path.join(cfg.out_dir, name) for f, name in
+                              (("config", "config.json"), ("log", "log.jsonl"), ("ckpt", "ckpt.pt"),
+                               ("done", "done"))})
 
-    # seeds for everything; determinism on CPU makes resume bit-identical
-    torch.manual_seed(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    is_cuda = device.type == "cuda"
-    if is_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    dtype = resolve_dtype(cfg.dtype, device)
-    autocast = autocast_for(device, dtype)
-    use_compile, use_fused = resolve_switch(cfg.compile, device), resolve_switch(cfg.fused_adamw, device)
 
-    t_build = time.time()
-    mixture = Mixture(dataset, names, quotas, cfg.seed)
-    plan = StepPlan(mixture, cfg.batch_size, world)
-    total_steps = cfg.epochs * plan.steps_per_epoch
-    on_device = is_cuda and cfg.gpu_resident
-    source = WindowSource(mixture.tokens, device, on_device)
-    val_windows = {}
-    for name in names:
-        starts, _ = fixed_windows(dataset, name, "val", cfg.val_windows, seed=0)
-        val_windows[name] = gather_windows(dataset.tokens(name, "val"), starts)
+def check_folder(cfg, paths, total_steps):
+    """
+    Whether the folder holds this run (by identity), and whether it is finished: a done marker
+    whose steps match the schedule and the checkpoint's. Anything else in the folder is refused,
+    named; a done marker that disagrees with the checkpoint is dropped and the run resumed.
+    """
+    saved = read_run_file(paths.config, cfg.out_dir) if os.path.exists(paths.config) else None
+    if saved is not None and saved.get("identity") != cfg.identity:
+        theirs, ours = identity_config(saved.get("config", {})), identity_config(vars(cfg))
+        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        what = (f"{changed[0]}: {theirs.get(changed[0])!r} there, {ours.get(changed[0])!r} now" if changed
+                else f"trained on a different build of {cfg.data_dir}")
+        raise UserError(f"{cfg.out_dir} holds a different run ({what}); pick another --out_dir, "
+                        f"or delete {cfg.out_dir} to train this one there")
+    if not os.path.exists(paths.done):
+        return False
+    done = read_run_file(paths.done, cfg.out_dir, required=False)
+    ckpt_step = load_checkpoint(paths.ckpt, mmap=True)["step"] if os.path.exists(paths.ckpt) else None
+    if done and done.get("steps") == total_steps == ckpt_step:
+        return True
+    os.remove(paths.done)                  # not what it claims: finish the run instead
+    return False
 
-    model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size))
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
-                                          (cfg.beta1, cfg.beta2), fused=use_fused)
-    step, tokens_seen = 0, np.zeros(len(names), dtype=np.int64)
+
+def build_model(cfg, n_components, dataset, device, paths):
+    """The model and optimizer, restored from the run's checkpoint when it has one."""
+    model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size)).to(device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                          fused=resolve_switch(cfg.fused_adamw, device))
+    state = SimpleNamespace(step=0, tokens_seen=np.zeros(n_components, dtype=np.int64))
     if os.path.exists(paths.ckpt):
-        # loaded on the CPU: RNG states must stay CPU byte tensors; the optimizer state follows
-        # its parameters to the device in load_state_dict
-        ckpt = torch.load(paths.ckpt, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(paths.ckpt)
+        if ckpt.get("identity") != cfg.identity:
+            raise UserError(f"{paths.ckpt} belongs to another run (its identity differs); delete "
+                            f"{cfg.out_dir} to train this one there, or pick another --out_dir")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step, tokens_seen = ckpt["step"], np.array(ckpt["tokens_seen"], dtype=np.int64)
+        state.step, state.tokens_seen = ckpt["step"], np.array(ckpt["tokens_seen"], dtype=np.int64)
         torch.set_rng_state(ckpt["rng_cpu"])
-        if is_cuda and ckpt.get("rng_cuda") is not None:
+        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-        log(f"resuming {cfg.out_dir} from step {step:,}/{total_steps:,}")
-    flops_per_token = model.flops_per_token()
-    n_params = model.n_params()
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if is_cuda else None)
+    return model, optimizer, state
 
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_json(paths.config, {
-            "config": vars(cfg),
-            "model": {"n_params": n_params, "size": size_label(cfg), "flops_per_token": flops_per_token},
-            "mixture": {"components": names, "weights": weights,
-                        "tokens": dict(zip(names, quotas)), "docs": dict(zip(names, mixture.n_docs)),
-                        "budget": mixture.budget},
-            "schedule": {"steps": total_steps, "steps_per_epoch": plan.steps_per_epoch,
-                         "epochs": cfg.epochs, "rows_per_step": plan.rows,
-                         "tokens_per_epoch": mixture.budget},
-            "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
-                        "meta_sha": dataset.meta_sha},
-            "provenance": provenance(), "device": str(device), "world_size": world,
-            "runtime": {"compiled": use_compile, "dtype": dtype, "fused_adamw": use_fused,
-                        "data_on_device": on_device}})
-        # drop log lines past the checkpoint: the resumed run will write them again
-        kept = [r for r in read_log(paths.log) if r["step"] <= step]
-        with atomic_path(paths.log) as tmp, open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-    log(f"{cfg.run_name}: K={cfg.k} ({', '.join(names)}), {mixture.budget:,} tokens "
-        f"({', '.join(f'{q:,}' for q in quotas)}), {cfg.epochs} epochs = {total_steps:,} steps of "
-        f"~{cfg.batch_size} windows; model {size_label(cfg)} with {n_params / 1e6:.2f}M params; "
-        f"{device} ({'compiled' if use_compile else 'eager'}, {dtype}"
-        f"{', fused AdamW' if use_fused else ''}); "
-        f"data {'on device' if on_device else 'gathered on host'}; setup {time.time() - t_build:.1f}s")
 
-    use_wandb = master and wandb is not None
-    if use_wandb:
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or cfg.run_name,
-                   config=vars(cfg), resume="allow")
+def write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, world, step):
+    """config.json (the folder explains itself) and the log cut back to the checkpoint's step."""
+    config = {k: v for k, v in vars(cfg).items() if k != "identity"}      # what identity hashes
+    write_json(paths.config, {
+        "identity": cfg.identity, "experiment": experiment_identity(config, dataset.fingerprint),
+        "config": config,
+        "model": {"n_params": model.n_params(), "size": size_label(vars(cfg)),
+                  "flops_per_token": model.flops_per_token()},
+        "mixture": {"components": share.components, "weights": share.weights,       # trained on
+                    "tokens": dict(zip(share.components, share.quotas)),
+                    "docs": dict(zip(share.components, mixture.n_docs))},
+        "schedule": {"epochs": share.epochs, "steps_per_epoch": plan.steps_per_epoch,
+                     "steps": share.epochs * plan.steps_per_epoch, "rows_per_step": plan.rows},
+        "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
+                    "fingerprint": dataset.fingerprint,
+                    "default_budget": dataset.n_tokens(dataset.default_order[0], "train")},
+        "runtime": {"device": str(device), "world_size": world, "compiled": resolve_switch(cfg.compile, device),
+                    "dtype": resolve_dtype(cfg.dtype, device),
+                    "fused_adamw": resolve_switch(cfg.fused_adamw, device),
+                    "data_on_device": device.type == "cuda" and cfg.gpu_resident},
+        "provenance": provenance()})
+    kept = [r for r in read_log(paths.log) if r["step"] <= step]    # the resumed run rewrites the rest
+    with atomic_path(paths.log) as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
 
-    # SIGINT/SIGTERM: finish the current step, save a checkpoint, exit
-    stop = {"signal": None}
-    def request_stop(signum, frame):
-        stop["signal"] = signum
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def save_checkpoint():
-        if not master:
+def save_checkpoint(cfg, paths, raw_model, optimizer, state, device):
+    ckpt = {"identity": cfg.identity, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": state.step, "tokens_seen": state.tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    with atomic_path(paths.ckpt) as tmp:
+        torch.save(ckpt, tmp)
+
+
+# -----------------------------------------------------------------------------
+# the loop and what it writes
+
+def validation_windows(dataset, names, n):
+    """Fixed validation windows of each trained component (val split), the same every time."""
+    windows = {}
+    for name in names:
+        starts, _ = fixed_windows(dataset, name, "val", n, seed=0)
+        windows[name] = gather_windows(dataset.tokens(name, "val"), starts)
+    return windows
+
+
+def announce(run, mixture, resume):
+    cfg, device = run.cfg, run.device
+    if resume:
+        run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
+    what = (f"control of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if cfg.control
+            else f"K={cfg.k} ({', '.join(cfg.components)})")
+    run.log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({', '.join(f'{q:,}' for q in run.share.quotas)}), "
+            f"{run.share.epochs} epochs = {run.total_steps:,} steps of ~{cfg.batch_size} windows; model "
+            f"{size_label(vars(cfg))} with {run.raw_model.n_params() / 1e6:.2f}M params; {device} "
+            f"({'compiled' if resolve_switch(cfg.compile, device) else 'eager'}, {resolve_dtype(cfg.dtype, device)}"
+            f"{', fused AdamW' if resolve_switch(cfg.fused_adamw, device) else ''}); data "
+            f"{'on device' if run.source.on_device else 'gathered on host'}")
+
+
+class RunLog:
+    """log.jsonl (one JSON object per line, flushed), the console, and wandb when asked (rank 0)."""
+
+    def __init__(self, run):
+        self.run, self.file, self.wandb = run, None, None
+        if run.rank != 0:
             return
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "tokens_seen": tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state(device) if is_cuda else None,
-                 "config": vars(cfg)}
-        with atomic_path(paths.ckpt) as tmp:
-            torch.save(state, tmp)
+        self.file = open(run.paths.log, "a")
+        if run.cfg.wandb_log:
+            import wandb
+            wandb.init(project=run.cfg.wandb_project, name=run.cfg.wandb_run_name or run.cfg.run_name,
+                       config=vars(run.cfg), resume="allow")
+            self.wandb = wandb
 
-    peak = device_peak_flops(device, cfg.peak_flops)
-    log_file = open(paths.log, "a") if master else None
-    def write_log(record):
-        if master:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if use_wandb:
-                wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+    def write(self, record, line):
+        if self.file is None:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.run.log(line)
+        if self.wandb:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
-    clock = StepClock(device)
-    t_start, step_start = time.time(), step
-    t_interval, tokens_interval = time.time(), 0
-    model.train()
+    def close(self, finished):
+        if self.file:
+            self.file.close()
+        if self.wandb and finished:
+            self.wandb.finish()
+
+
+def progress(run, meter, times, epoch, loss, lr):
+    """A step's log record and line: loss, lr, tokens/s, MFU, the data path's share, ETA."""
+    now, state, cfg = time.time(), run.state, run.cfg
+    tok_per_s = meter.tokens / max(now - meter.since, 1e-9)
+    peak = device_peak_flops(run.device, cfg.peak_flops)
+    mfu = run.raw_model.flops_per_token() * tok_per_s / (peak * run.world) if peak else 0.0
+    eta = (now - meter.start) / max(state.step - meter.first_step, 1) * (run.total_steps - state.step)
+    step_ms, data_ms = times
+    memory = ({"peak_mem_gb": round(torch.cuda.max_memory_allocated(run.device) / 1e9, 3)}
+              if run.device.type == "cuda" else {})
+    meter.tokens, meter.since = 0, now
+    record = {"kind": "train", "step": state.step, "epoch": epoch, "loss": round(loss, 6), "lr": lr,
+              "tokens": int(state.tokens_seen.sum()), "tok_per_s": round(tok_per_s), "mfu": round(mfu, 4),
+              "step_ms": round(step_ms, 3), "data_ms": round(data_ms, 3), "elapsed": round(now - meter.start, 2),
+              **memory}
+    line = (f"step {state.step:>6}/{run.total_steps} | epoch {epoch + 1}/{run.share.epochs} | loss {loss:.4f} | "
+            f"lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | data "
+            f"{100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {_duration(eta)}"
+            + (f" | {memory['peak_mem_gb']:.1f} GB" if memory else ""))
+    return record, line
+
+
+def validate(run):
+    val = validation_loss(run.raw_model, run.val_windows, run.device, run.autocast)
+    mean = float(np.mean(list(val.values())))
+    record = {"kind": "val", "step": run.state.step, "tokens": int(run.state.tokens_seen.sum()),
+              "val_loss": round(mean, 6), "val_loss_per_component": {k: round(v, 6) for k, v in val.items()}}
+    return record, f"step {run.state.step:>6}: val loss {mean:.4f} (" + ", ".join(f"{k} {v:.3f}" for k, v in val.items()) + ")"
+
+
+def checked_loss(run, loss, lr, check_weights):
+    """The step's loss as a number (this syncs the GPU, so only when it is logged or saved); a
+    diverged run stops here, before a checkpoint could keep its NaN weights."""
+    value = loss.item() / run.world
+    if run.world > 1:
+        reduced = torch.tensor([value], device=run.device)
+        torch.distributed.all_reduce(reduced)
+        value = reduced.item()
+    finite = math.isfinite(value) and (not check_weights or all(
+        bool(torch.isfinite(p).all()) for p in run.raw_model.parameters()))
+    if not finite:
+        raise UserError(f"training diverged at step {run.state.step} (loss {value}, lr {lr:.2e}): the run "
+                        f"stopped and its last good checkpoint ({run.paths.ckpt}) is kept; lower "
+                        f"--learning_rate or raise --warmup_iters and rerun")
+    return value
+
+
+def stop_requested(run, stop):
+    """SIGINT/SIGTERM arrived; under DDP every rank agrees, at log steps only, to sync rarely."""
+    if run.world == 1:
+        return stop["signal"] is not None
+    if run.state.step % run.cfg.log_interval:
+        return False
+    flag = torch.tensor([float(stop["signal"] is not None)], device=run.device)
+    torch.distributed.all_reduce(flag)
+    return flag.item() > 0
+
+
+def train_loop(run):
+    """Steps from the current one to the last. SIGINT/SIGTERM finish the step, save a checkpoint
+    and exit; the same command resumes there."""
+    cfg, state, plan = run.cfg, run.state, run.plan
+    stop = {"signal": None}
+    handlers = {s: signal.signal(s, lambda signum, frame: stop.update(signal=signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    clock, logs = StepClock(run.device), RunLog(run)
+    meter = SimpleNamespace(tokens=0, since=time.time(), start=time.time(), first_step=state.step)
+    run.model.train()
     try:
-        while step < total_steps:
+        while state.step < run.total_steps:
             t_begin = clock.mark()
-            starts, n_targets, comp, epoch = plan.step(cfg.seed, step)
-            total_targets = int(n_targets.sum())
-            x, y = source.batch(*plan.for_rank((starts, n_targets), rank))
+            starts, n_targets, comp, epoch = plan.step(cfg.seed, state.step)
+            x, y = run.source.batch(*plan.for_rank((starts, n_targets), run.rank))
             t_data = clock.mark()
-            lr = learning_rate_at(step, cfg, total_steps)
-            for group in optimizer.param_groups:
+            lr = learning_rate_at(state.step, cfg, run.total_steps)
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
             # the step's mean over all its targets, across ranks (DDP averages gradients)
-            loss = train_step(model, optimizer, x, y, autocast, world / total_targets, cfg.grad_clip)
+            total_targets = int(n_targets.sum())
+            loss = train_step(run.model, run.optimizer, x, y, run.autocast, run.world / total_targets, cfg.grad_clip)
             t_end = clock.mark()
-            step += 1
-            real = comp >= 0
-            np.add.at(tokens_seen, comp[real], n_targets[real])
-            tokens_interval += total_targets
-
-            stopping = stop["signal"] is not None
-            if ddp:   # ranks agree to stop at the same step; only at log steps, to sync rarely
-                stopping = False
-                if step % cfg.log_interval == 0:
-                    flag = torch.tensor([float(stop["signal"] is not None)], device=device)
-                    torch.distributed.all_reduce(flag)
-                    stopping = flag.item() > 0
-            checkpoint_now = step % cfg.ckpt_interval == 0 or step == total_steps or stopping
-            logging_now = step % cfg.log_interval == 0 or step == total_steps
+            state.step += 1
+            np.add.at(state.tokens_seen, comp[comp >= 0], n_targets[comp >= 0])
+            meter.tokens += total_targets
+            stopping = stop_requested(run, stop)
+            last = state.step == run.total_steps
+            checkpoint_now = state.step % cfg.ckpt_interval == 0 or last or stopping
+            logging_now = state.step % cfg.log_interval == 0 or last
             if logging_now or checkpoint_now:
-                # reading the loss syncs the GPU, so only here; never checkpoint a diverged model
-                loss_value = loss.item() / world
-                if ddp:
-                    reduced = torch.tensor([loss_value], device=device)
-                    torch.distributed.all_reduce(reduced)
-                    loss_value = reduced.item()
-                finite = math.isfinite(loss_value) and (not checkpoint_now or all(
-                    bool(torch.isfinite(p).all()) for p in raw_model.parameters()))
-                if not finite:
-                    raise UserError(f"training diverged at step {step} (loss {loss_value}, lr "
-                                    f"{lr:.2e}): the run stopped and its last good checkpoint "
-                                    f"({paths.ckpt}) is kept; lower --learning_rate or raise "
-                                    f"--warmup_iters and rerun")
+                value = checked_loss(run, loss, lr, check_weights=checkpoint_now)
             if logging_now:
-                now = time.time()
-                tok_per_s = tokens_interval / max(now - t_interval, 1e-9)
-                mfu = flops_per_token * tok_per_s / (peak * world) if peak else 0.0
-                eta = (now - t_start) / max(step - step_start, 1) * (total_steps - step)
-                memory = {"peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3)} \
-                    if is_cuda else {}
-                step_ms, data_ms = clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)
-                write_log({"kind": "train", "step": step, "epoch": epoch, "loss": round(loss_value, 6),
-                           "lr": lr, "tokens": int(tokens_seen.sum()), "tok_per_s": round(tok_per_s),
-                           "mfu": round(mfu, 4), "step_ms": round(step_ms, 3),
-                           "data_ms": round(data_ms, 3), "elapsed": round(now - t_start, 2), **memory})
-                log(f"step {step:>6}/{total_steps} | epoch {epoch + 1}/{cfg.epochs} | loss "
-                    f"{loss_value:.4f} | lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU "
-                    f"{100 * mfu:.1f}% | data {100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {_duration(eta)}"
-                    + (f" | {memory['peak_mem_gb']:.1f} GB" if memory else ""))
-                t_interval, tokens_interval = now, 0
-            if step % cfg.eval_interval == 0 or step == total_steps:
-                val = validation_loss(raw_model, val_windows, device, autocast)
-                val_loss = float(np.mean(list(val.values())))
-                write_log({"kind": "val", "step": step, "tokens": int(tokens_seen.sum()),
-                           "val_loss": round(val_loss, 6), "val_loss_per_component":
-                           {k: round(v, 6) for k, v in val.items()}})
-                log(f"step {step:>6}: val loss {val_loss:.4f} ("
-                    + ", ".join(f"{k} {v:.3f}" for k, v in val.items()) + ")")
-            if checkpoint_now:
-                save_checkpoint()
+                logs.write(*progress(run, meter, (clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)),
+                                     epoch, value, lr))
+            if state.step % cfg.eval_interval == 0 or last:
+                logs.write(*validate(run))
+            if checkpoint_now and run.rank == 0:
+                save_checkpoint(cfg, run.paths, run.raw_model, run.optimizer, state, run.device)
             if stopping:
-                log(f"stopped by signal at step {step:,}; checkpoint saved; run the same command "
-                    f"to resume")
+                run.log(f"stopped by signal at step {state.step:,}; checkpoint saved; run the same command to resume")
                 raise SystemExit(130 if stop["signal"] == signal.SIGINT else 143)
     finally:
-        for s, handler in previous_handlers.items():
+        for s, handler in handlers.items():
             signal.signal(s, handler)
-        if log_file:
-            log_file.close()
+        logs.close(finished=state.step == run.total_steps)
 
+
+def finish(run):
+    """The done marker, written last: what the run trained on, checked against the plan."""
+    val = [r for r in read_log(run.paths.log) if r["kind"] == "val"]
+    summary = {"steps": run.state.step, "tokens": int(run.state.tokens_seen.sum()),
+               "tokens_per_component": dict(zip(run.share.components, run.state.tokens_seen.tolist())),
+               "final_val_loss": val[-1]["val_loss"] if val else None}
+    write_json(run.paths.done, summary)
+    run.log(f"done: {run.cfg.out_dir} ({summary['tokens']:,} tokens, val loss {summary['final_val_loss']:.4f})")
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv):
+    cfg = read_config(argv)
+    device, rank, world = distributed_setup(cfg)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    dataset = Dataset(cfg.data_dir)
+    paths = resolve_run(dataset, cfg)
+    share = SimpleNamespace(**dict(zip(("components", "quotas", "weights", "epochs"),
+                                       training_share(dataset, cfg))))
+    if cfg.print_run_dir:
+        print(cfg.out_dir)
+        return
+    stop_with_sweep()
+    lock = lock_folder(cfg.out_dir, "train.py") if master else None     # noqa: F841 (held)
+    mixture = Mixture(dataset, share.components, share.quotas, cfg.seed)
+    plan = StepPlan(mixture, cfg.batch_size, world)
+    total_steps = share.epochs * plan.steps_per_epoch
+    if check_folder(cfg, paths, total_steps):
+        log(f"{cfg.out_dir} is already finished; nothing to do (delete the folder to train it again)")
+        return
+
+    torch.manual_seed(cfg.seed)            # seeds for everything: CPU resumes are bit-identical
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model, optimizer, state = build_model(cfg, len(share.components), dataset, device, paths)
     if master:
-        records = read_log(paths.log)
-        val_records = [r for r in records if r["kind"] == "val"]
-        summary = {"steps": step, "tokens": int(tokens_seen.sum()),
-                   "tokens_per_component": dict(zip(names, tokens_seen.tolist())),
-                   "final_val_loss": val_records[-1]["val_loss"] if val_records else None,
-                   "elapsed_s": round(time.time() - t_start, 2)}
-        write_json(paths.done, summary)
-        log(f"done: {cfg.out_dir} ({summary['tokens']:,} tokens, val loss "
-            f"{summary['final_val_loss']:.4f})")
-    if use_wandb:
-        wandb.finish()
-    if ddp:
+        write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, world, state.step)
+    run = SimpleNamespace(cfg=cfg, share=share, paths=paths, device=device, rank=rank, world=world, log=log,
+                          raw_model=model, optimizer=optimizer, state=state, plan=plan,
+                          total_steps=total_steps, autocast=autocast_for(device, resolve_dtype(cfg.dtype, device)),
+                          source=WindowSource(mixture.tokens, device, device.type == "cuda" and cfg.gpu_resident),
+                          val_windows=validation_windows(dataset, share.components, cfg.val_windows))
+    run.model = torch.compile(model) if resolve_switch(cfg.compile, device) else model
+    if world > 1:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    announce(run, mixture, resume=state.step > 0)
+    train_loop(run)
+    if master:
+        finish(run)
+    if world > 1:
         torch.distributed.destroy_process_group()
 
 

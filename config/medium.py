@@ -1,5 +1,6 @@
-# Model size "medium": 8 layers, 512 wide (25.2M non-embedding + 25.7M embedding).
-# Bigger than the budget supports well (about 4 tokens per parameter): the size-scaling control.
+# Model size "medium": 8 layers, 512 wide; 25.2M non-embedding + 25.8M tied embedding parameters.
+# The data-starved end of the size sweep: ~8 training tokens per non-embedding parameter.
+size = "medium"
 n_layer = 8
 n_head = 8
 n_embd = 512

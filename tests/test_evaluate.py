@@ -9,8 +9,10 @@ import torch
 
 import evaluate
 import train
-from common import BLOCK, Dataset, UserError, gather_windows
+from configurator import UserError
+from data import BLOCK, Dataset, gather_windows
 from conftest import make_synthetic
+from runs import run_identity
 
 TINY_RUN = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu",
             "--cpu_threads=1", "--warmup_iters=2", "--eval_interval=100", "--val_windows=8",
@@ -68,14 +70,21 @@ def test_learner1_of_a_mixture_is_the_learner_of_its_control_run(trained_run, ti
     assert alphas[0][first] == alphas[1][first]
 
 
-def test_an_evaluation_without_learner_references_is_redone(trained_run, capsys):
+def test_an_evaluation_of_another_run_or_damaged_is_redone(trained_run, capsys):
     path = os.path.join(trained_run, "eval.json")
     summary = json.load(open(path))
-    del summary["learner_alpha"]                 # as written before the learner references existed
+    del summary["identity"]                      # as written by an older version, or for another run
     json.dump(summary, open(path, "w"))
     evaluate.main([trained_run, *EVAL])
     assert "already evaluated" not in capsys.readouterr().out
-    assert "learner_alpha" in json.load(open(path))
+    assert json.load(open(path))["identity"] == json.load(open(os.path.join(trained_run, "config.json")))["identity"]
+    for damaged, name in ((b"{", "eval.json"), (b"PK\x03", "eval.npz")):   # cut short mid-write
+        with open(os.path.join(trained_run, name), "wb") as f:
+            f.write(damaged)
+        evaluate.main([trained_run, *EVAL])
+        assert "already evaluated" not in capsys.readouterr().out
+    evaluate.main([trained_run, *EVAL])
+    assert "already evaluated" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- model losses
@@ -165,21 +174,28 @@ def test_checkpoint_that_does_not_match_the_data(tiny_synthetic, tmp_path):
     saved = json.load(open(config_path))
     saved["config"]["data_dir"] = tiny_synthetic               # point it at the wrong dataset
     json.dump(saved, open(config_path, "w"))
-    with pytest.raises(UserError, match="different build"):
+    with pytest.raises(UserError, match="another build"):
         evaluate.main([out, *EVAL])
-    saved["dataset"]["meta_sha"] = Dataset(tiny_synthetic).meta_sha     # even if it claims to match
-    json.dump(saved, open(config_path, "w"))
-    with pytest.raises(UserError, match="does not match"):
+    saved["identity"] = run_identity(saved["config"], Dataset(tiny_synthetic).fingerprint)  # even if it
+    json.dump(saved, open(config_path, "w"))                                               # claims to match
+    with pytest.raises(UserError, match="not the finished run"):
         evaluate.main([out, *EVAL])
 
 
-def test_eval_set_from_another_dataset_is_refused(tiny_synthetic, trained_run, tmp_path):
+def test_eval_set_from_another_dataset_or_damaged_is_drawn_again(tiny_synthetic, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(tiny_synthetic, copy)
     ds = Dataset(copy)
-    evaluate.load_evalset(ds, 40, 0)
-    meta = json.load(open(os.path.join(copy, "meta.json")))
-    meta["created"] = "another day"                             # a rebuilt dataset
-    json.dump(meta, open(os.path.join(copy, "meta.json"), "w"))
-    with pytest.raises(UserError, match="different dataset"):
-        evaluate.load_evalset(Dataset(copy), 40, 0)
+    path, windows = evaluate.load_evalset(ds, 40, 0)
+    arrays = dict(np.load(path))
+    arrays["fingerprint"] = np.array("0" * 64)                  # drawn from another dataset
+    arrays["start:chain0"] = arrays["start:chain0"][::-1]
+    np.savez(path, **arrays)
+    again = evaluate.load_evalset(Dataset(copy), 40, 0)[1]
+    assert all(np.array_equal(again[c][0], windows[c][0]) for c in windows)
+    with open(path, "wb") as f:                                 # cut short
+        f.write(b"PK\x03\x04")
+    again = evaluate.load_evalset(Dataset(copy), 40, 0)[1]
+    assert all(np.array_equal(again[c][0], windows[c][0]) for c in windows)
+
+

@@ -24,7 +24,7 @@ import time
 import pytest
 import torch
 
-from common import BLOCK, Dataset
+from data import BLOCK, Dataset
 from conftest import REALTEXT, ROOT, TIKTOKEN_CACHE, make_real_vocab
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -168,5 +168,5 @@ def test_two_rank_nccl_ddp(gpu_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.load(open(os.path.join(out, "config.json")))
     done = json.load(open(os.path.join(out, "done")))
-    assert config["world_size"] == 2
+    assert config["runtime"]["world_size"] == 2
     assert done["tokens_per_component"] == config["mixture"]["tokens"]

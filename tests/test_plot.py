@@ -1,298 +1,267 @@
 """
-plot.py: the statistics recover what they should on simulated data, and the whole report is
-built from fake run folders written in the exact formats train.py and evaluate.py produce.
+plot.py (with analysis.py and report.py): the report built from real tiny runs that train.py and
+evaluate.py make on tiny synthetic data; where a test needs crafted statistics it overwrites the
+arrays of their eval.npz. The statistics themselves are tested in tests/test_stats.py.
 """
 import csv
 import json
 import math
 import os
 import re
-import sys
+import shutil
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import plot  # noqa: E402
-import stats  # noqa: E402
-from common import BLOCK, UserError, write_json  # noqa: E402
+import analysis
+import evaluate
+import plot
+import report
+import stats
+import train
+from analysis import Interval
+from configurator import UserError
+from data import BLOCK
 
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",
+        "--warmup_iters=2", "--log_interval=5", "--eval_interval=50", "--val_windows=8",
+        "--token_budget=1600"]
 T = np.arange(1, BLOCK + 1)
 
 
-# -----------------------------------------------------------------------------
-# fake runs: K = 1..3, 2 seeds, synthetic (bayes/oracle), 60 windows over 12 docs per category
-
-def make_dataset(root, components, budget=12_000):
-    data_dir = os.path.join(root, "data", "synthetic")
-    rows = [{"category": c, "split": split, "docs": docs, "tokens": tokens,
-             "mean_tokens_per_doc": tokens / docs}
-            for i, c in enumerate(components)
-            for split, docs, tokens in (("train", 40, 20_000 + 1000 * i), ("val", 4, 2000), ("test", 12, 9000))]
-    write_json(os.path.join(data_dir, "stats.json"),
-               {"rows": rows, "top5_smallest_first": components[:5], "default_order": components[:5],
-                "default_budget": budget})
-    return data_dir
+def train_run(data, out, *extra):
+    """One real run, trained and evaluated; returns its folder."""
+    before = set(os.listdir(out)) if os.path.isdir(out) else set()
+    train.main([f"--data_dir={data}", f"--out_root={out}", *TINY, *extra])
+    (name,) = set(os.listdir(out)) - before - {".lock"}
+    evaluate.main([os.path.join(out, name), "--eval_windows=30", "--device=cpu"])
+    return os.path.join(out, name)
 
 
-def fake_losses(rng, category_index, k, in_mixture, n_docs=12, n_windows=60):
-    """Per-window losses with a shared document effect, an identification bump of ln K spread over
-    early positions, a K^0.5 data-scarcity term, and per-run noise."""
-    docs = np.repeat(np.arange(n_docs), n_windows // n_docs)
-    doc_effect = np.random.default_rng(100 + category_index).normal(0, 0.2, n_docs)[docs]  # same every run
-    entropy = 1.5 + 0.1 * category_index
-    bump = np.exp(-T / 4.0)
-    identification = math.log(k) * bump / bump.sum() if in_mixture else 0.0
-    oracle = entropy + 0.8 * T ** -0.5 + doc_effect[:, None]
-    bayes = oracle + identification
-    model = bayes + 0.3 * T ** -0.5 + 0.05 * k ** 0.5 + (0 if in_mixture else 1.0)
-    model = model + rng.normal(0, 0.1, model.shape)
-    return docs, model.astype(np.float32), bayes, oracle
+@pytest.fixture(scope="module")
+def sweep(tiny_synthetic, tmp_path_factory):
+    """K = 1..3 x seeds 1, 2 with the controls of K = 2, 3 (epochs=1), and an ablation with epochs=2."""
+    out = str(tmp_path_factory.mktemp("sweep") / "out")
+    runs = {}
+    for k in (1, 2, 3):
+        for seed in (1, 2):
+            runs[k, seed] = train_run(tiny_synthetic, out, f"--k={k}", f"--seed={seed}", "--epochs=1")
+    for k in (2, 3):
+        for seed in (1, 2):
+            runs[k, seed, "ctrl"] = train_run(tiny_synthetic, out, f"--k={k}", f"--seed={seed}", "--epochs=1",
+                                              "--control=True")
+    for k in (1, 2):
+        runs[k, 1, "epochs2"] = train_run(tiny_synthetic, out, f"--k={k}", "--seed=1", "--epochs=2")
+    return {"out": out, "runs": runs, "data": tiny_synthetic}
 
 
-def make_run(out_dir, data_dir, name, k, seed, all_components, budget=12_000, epochs=4, synthetic=True,
-             size="4L-256d", n_params=1_000_000, done_tokens=None, n_docs=12):
-    folder = os.path.join(out_dir, name)
-    components = all_components[:k]
-    rng = np.random.default_rng([k, seed])
-    categories, arrays = {}, {}
-    for i, cat in enumerate(all_components):
-        docs, model, bayes, oracle = fake_losses(rng, i, k, cat in components, n_docs=n_docs)
-        entry = {"n_windows": len(docs), "n_docs": len(np.unique(docs)), "in_mixture": cat in components}
-        for key, values in (("", model), ("bayes", bayes), ("oracle", oracle)):
-            if key and not synthetic:
-                continue
-            block = {"xe_mean": float(values.mean()), "xe_mean_bits": float(values.mean() / math.log(2)),
-                     "xe_t": values.mean(0).tolist()}
-            entry.update(block) if not key else entry.update({key: block})
-            arrays[f"{key or 'model'}:{cat}"] = values.astype(np.float32 if not key else np.float64)
-        arrays[f"doc:{cat}"] = docs.astype(np.int64)
-        categories[cat] = entry
-    per_component = budget // k
-    trained = budget * epochs if done_tokens is None else done_tokens
-    ev = {"run": name, "dataset": "synthetic", "source": "synthetic" if synthetic else "arxiv", "k": k,
-          "components": components, "weights": [1 / k] * k, "seed": seed, "model_size": size,
-          "n_params": n_params, "token_budget": budget, "tokens_trained": trained,
-          "evalset": {"path": "x", "sha": "abc", "seed": 0, "n_windows": 60}, "categories": categories}
-    if synthetic:
-        ev["entropy_rate"] = {c: 1.5 + 0.1 * i for i, c in enumerate(all_components)}
-    config = {"config": {"data_dir": data_dir, "components": components, "k": k, "token_budget": budget,
-                         "seed": seed, "n_layer": 4, "n_head": 4, "n_embd": 256, "epochs": epochs, "run_name": name},
-              "model": {"n_params": n_params, "size": size, "flops_per_token": 6e6},
-              "mixture": {"components": components, "weights": [1 / k] * k,
-                          "tokens": {c: per_component for c in components}, "docs": {c: 5 for c in components},
-                          "budget": budget},
-              "schedule": {"steps": 100, "steps_per_epoch": 25, "epochs": epochs},
-              "dataset": {"name": "synthetic", "source": "synthetic", "dir": data_dir},
-              "provenance": {}, "device": "cpu"}
-    write_json(os.path.join(folder, "config.json"), config)
-    write_json(os.path.join(folder, "done"), {"steps": 100, "tokens": trained,
-                                              "tokens_per_component": {c: per_component * epochs for c in components},
-                                              "final_val_loss": 2.0, "elapsed_s": 1.0})
-    with open(os.path.join(folder, "log.jsonl"), "w") as f:
-        for step in range(0, 101, 20):
-            f.write(json.dumps({"kind": "train", "step": step, "epoch": step // 25, "loss": 4 - step / 50,
-                                "lr": 1e-3, "tokens": step * 480, "tok_per_s": 1e4, "mfu": 0.1, "elapsed": step}) + "\n")
-            f.write(json.dumps({"kind": "val", "step": step, "tokens": step * 480, "val_loss": 4.1 - step / 50}) + "\n")
-        f.write('{"kind": "train", "step": 10')                       # half-written last line
-    write_json(os.path.join(folder, "eval.json"), ev)
-    np.savez(os.path.join(folder, "eval.npz"), **arrays)
-    return folder
+def copy_out(sweep, tmp_path, drop=()):
+    """A copy of the sweep's runs folder without the runs named in `drop` (keys of sweep["runs"])."""
+    out = str(tmp_path / "out")
+    shutil.copytree(sweep["out"], out, ignore=shutil.ignore_patterns("ckpt.pt"))
+    for key in drop:
+        shutil.rmtree(os.path.join(out, os.path.basename(sweep["runs"][key])))
+    return out
 
 
 @pytest.fixture
-def sweep(tmp_path):
-    components = [f"chain{i}" for i in range(4)]
-    data_dir = make_dataset(str(tmp_path), components)
-    out_dir = str(tmp_path / "out")
-    for k in (1, 2, 3):
-        for seed in (0, 1):
-            make_run(out_dir, data_dir, f"k{k}-s{seed}", k, seed, components)
-    os.makedirs(os.path.join(out_dir, "k4-s0"))                     # started, not evaluated
-    write_json(os.path.join(out_dir, "k4-s0", "config.json"), {"config": {}})
-    return {"out": out_dir, "results": str(tmp_path / "results"), "data": data_dir, "components": components}
+def text_only(monkeypatch):
+    """The figures are drawn but not rendered to files: for tests that read only the report's text."""
+    def close(fig, results_dir, name):
+        plot.plt.close(fig)
+        return f"{name}.png"
+    monkeypatch.setattr(plot, "save_figure", close)
 
 
-def run_plot(sweep, *extra):
-    plot.main([f"--out={sweep['out']}", f"--results={sweep['results']}", "--n_boot=300", *extra])
-    with open(os.path.join(sweep["results"], "REPORT.md")) as f:
-        return f.read()
+def run_plot(out, results, *extra):
+    plot.main([f"--out={out}", f"--results={results}", "--n_boot=50", *extra])
+    with open(os.path.join(results, "REPORT.md")) as f:
+        text = f.read()
+    with open(os.path.join(results, "fits.json")) as f:
+        return text, json.load(f)
+
+
+def run_name(sweep, key):
+    return os.path.basename(sweep["runs"][key])
+
+
+def close(a, b):
+    return a == pytest.approx(b, abs=1e-12)
 
 
 # -----------------------------------------------------------------------------
-# the report lines of the fitted laws (the statistics themselves: tests/test_stats.py)
+# the whole report
 
-def check_params(fit, truth, rtol):
-    for name, value in truth.items():
-        p = fit["params"][name]
-        assert p["value"] == pytest.approx(value, rel=rtol), (name, p)
-        assert p["ci95"][0] < p["value"] < p["ci95"][1], (name, p)
-        assert abs(p["value"] - value) < 4 * p["se"], (name, p)
+def test_report_of_a_sweep_with_controls_and_an_ablation(sweep, tmp_path):
+    results = str(tmp_path / "results")
+    text, fits = run_plot(sweep["out"], results)
+    for name in ("xe_vs_k", "xe_position", "decomposition", "excess_area", "late_power_law", "dataset",
+                 "training"):
+        for ext in ("png", "pdf"):
+            assert os.path.getsize(os.path.join(results, f"fig_{name}.{ext}")) > 1000, name
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        assert os.path.exists(os.path.join(results, target)), target
+    assert not os.path.exists(os.path.join(results, "fig_model_size.png"))            # one size only
+
+    # two experiments: the main one (most runs) and the epochs=2 ablation, listed with how it differs
+    with open(os.path.join(results, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(sweep["runs"]) * 3                                      # runs x categories
+    main, ablation = (json.load(open(os.path.join(sweep["runs"][key], "eval.json")))["experiment"]
+                      for key in ((1, 1), (1, 1, "epochs2")))
+    assert main != ablation and {r["experiment"] for r in rows} == {main, ablation}
+    assert fits["experiment"] == main and len(fits["runs"]) == 6 and len(fits["controls"]) == 4
+    assert run_name(sweep, (1, 1, "epochs2")) not in fits["runs"]                    # never pooled
+    row = next(line for line in text.splitlines() if line.startswith(f"| `{ablation[:12]}`"))
+    assert "epochs = 2 (main: 1)" in row and "K=1: 1, K=2: 1" in row
+    assert "the one with the most runs" in text
+
+    # the decomposition: per K >= 2 and metric, total = data scarcity + mixing; on synthetic data
+    # the K-mixtures' excess over the oracle = learner's scarcity + identification + inefficiency
+    parts = fits["decomposition"]["parts"]
+    assert {(p["k"], p["metric"]) for p in parts} == {(k, m) for k in (2, 3) for m in analysis.METRICS}
+    for p in parts:
+        assert close(p["total"]["value"], p["scarcity"]["value"] + p["mixing"]["value"]), p
+        assert close(p["mixing_minus_scarcity"]["value"], p["mixing"]["value"] - p["scarcity"]["value"]), p
+        assert p["total"]["ci"][0] < p["total"]["value"] < p["total"]["ci"][1]
+    contrast = {(c["k"], c["metric"]): c["difference"]["value"]
+                for c in fits["tests"]["contrasts_vs_reference_k"]}
+    assert all(close(p["total"]["value"], contrast[p["k"], p["metric"]]) for p in parts)
+    ideal = fits["decomposition"]["ideal"]
+    assert {i["k"] for i in ideal} == {1, 2, 3}
+    for i in ideal:
+        parts_sum = i["scarcity"]["value"] + i["identification"]["value"] + i["inefficiency"]["value"]
+        assert i["excess"]["value"] == pytest.approx(parts_sum, abs=1e-9), i
+        assert i["scarcity"]["value"] >= 0 and i["identification"]["value"] >= -1e-9
+    area = fits["decomposition"]["bayes_area"]
+    assert area["1"]["value"] == pytest.approx(0, abs=1e-6)
+    assert all(0 < area[str(k)]["value"] <= math.log(k) + 1e-6 for k in (2, 3))
+    assert "## Decomposition: data scarcity and mixing" in text
+    assert "identification learner - learner1" in text
+    assert "## Conclusion" in text and "dash-dot: the learner" in text
+
+    # the budget check: the main runs, then each control against its mixture run's steps
+    assert re.search(r"all 6 runs trained on [\d,]+ tokens in [\d,]+ steps", text)
+    for c in fits["control_check"]:
+        assert c["mixture"] and abs(c["steps"][0] - c["steps"][1]) <= c["tolerance"]
+        assert c["share"][0] == c["share"][1]
+    control_rows = [line for line in text.splitlines() if "ctrl" in line and line.endswith("| ok |")]
+    assert len(control_rows) == 4 and all(re.search(r"\| [\d,]+ / [\d,]+ \|", line) for line in control_rows)
+
+
+def test_learner_curves_on_synthetic_data(sweep):
+    runs, _ = analysis.load_runs(sweep["out"])
+    experiment, choice = analysis.choose_experiment(analysis.group_experiments(runs), "")
+    a = analysis.analyse(experiment, experiment.runs[0].components[0], [], 20, 0)
+    for k, curve in a.curves.items():
+        assert len(curve.learner_t) == len(curve.learner1_t) == len(curve.bayes_t) == BLOCK, k
+        assert np.mean(curve.oracle_t) <= np.mean(curve.learner1_t) <= np.mean(curve.learner_t) + 1e-9
+    assert a.decomposition.control_ks == [2, 3] and choice == "largest"
+
+
+def test_another_experiment_is_reported_on_its_own(sweep, tmp_path, text_only):
+    ablation = json.load(open(os.path.join(sweep["runs"][1, 1, "epochs2"], "eval.json")))["experiment"]
+    text, fits = run_plot(sweep["out"], str(tmp_path / "results"), f"--group={ablation[:6]}")
+    assert fits["experiment"] == ablation and len(fits["runs"]) == 2 and fits["controls"] == []
+    assert "chosen with --group" in text and "epochs = 1 (main: 2)" in text
+    assert "No control runs in this experiment" in text                     # said once, totals still shown
+    assert "no control run, so it is not split" in text
+    with pytest.raises(UserError, match="matches 0 experiments"):
+        run_plot(sweep["out"], str(tmp_path / "results"), "--group=zzzz")
+
+
+def test_left_out_runs_and_single_seed_labels(sweep, tmp_path, text_only):
+    """A run counted twice, one whose checkpoint is not `done`'s, one not evaluated; K=3 with one seed."""
+    out = copy_out(sweep, tmp_path, drop=[(3, 2)])
+    shutil.copytree(sweep["runs"][1, 1], os.path.join(out, "zz-again"))
+    torn = os.path.join(out, "torn")
+    shutil.copytree(sweep["runs"][2, 2], torn, ignore=shutil.ignore_patterns("ckpt.pt"))
+    done = json.load(open(os.path.join(torn, "done")))
+    json.dump({**done, "steps": done["steps"] + 1}, open(os.path.join(torn, "done"), "w"))
+    os.makedirs(os.path.join(out, "unfinished"))
+    text, fits = run_plot(out, str(tmp_path / "results"))
+    assert f"`zz-again`: the same run (identity) as `{run_name(sweep, (1, 1))}`: counted once" in text
+    assert re.search(r"`torn`: its checkpoint \(step \d+\) is not the finished run `done` describes", text)
+    assert "`unfinished`: not evaluated" in text
+    assert len(fits["runs"]) == 5
+    first = fits["views"]["first"]
+    assert first["3"]["xe_mean"]["covers"] == "documents only"
+    assert first["2"]["covers"] == "seeds and documents"
+    row = next(line for line in text.splitlines() if re.match(r"\| 3 \| 1 \| \d+ \(\d+\) \|", line))
+    assert row.count("†") >= 3 and "† one seed: the interval is over documents only" in text
+    assert "The p-value rests on a single seed at K = 3." in text
+    assert {p["total"]["covers"] for p in fits["decomposition"]["parts"] if p["k"] == 3} == {"documents only"}
+    assert re.search(r"\| 3 \| xe_mean \| [-\d.]+ \[[-\d., ]+\] † \|", text)          # decomposition row
+    assert all(c["holm_single_seed"] for c in fits["tests"]["contrasts_vs_reference_k"])
+
+
+def craft(out, sweep, first, offsets, size=0.01):
+    """Model losses on `first` = one base plus an offset per run and a +-size pattern per seed, so a
+    cell's mean over its two seeds is exactly base + offset, and its seeds still differ."""
+    base = np.load(os.path.join(sweep["runs"][1, 1], "eval.npz"))[f"model:{first}"].astype(np.float64)
+    pattern = np.random.default_rng(0).normal(0, 1, base.shape)
+    for key, offset in offsets.items():
+        path = os.path.join(out, run_name(sweep, key), "eval.npz")
+        with np.load(path) as z:
+            arrays = {name: z[name] for name in z.files}
+        sign = 1 if key[1] == 1 else -1
+        arrays[f"model:{first}"] = (base + offset + sign * size * pattern).astype(np.float32)
+        np.savez(path, **arrays)
+
+
+def test_conclusion_is_built_from_the_numbers(sweep, tmp_path, text_only):
+    """K=2: mixing (0.3) well above data scarcity (0.01); K=3: mixing = scarcity = 0.1, not separable."""
+    out = copy_out(sweep, tmp_path)
+    first = json.load(open(os.path.join(sweep["runs"][2, 1], "eval.json")))["components"][0]
+    offsets = {(1, s): 0.0 for s in (1, 2)}
+    offsets.update({(2, s, "ctrl"): 0.01 for s in (1, 2)} | {(2, s): 0.31 for s in (1, 2)})
+    offsets.update({(3, s, "ctrl"): 0.1 for s in (1, 2)} | {(3, s): 0.2 for s in (1, 2)})
+    craft(out, sweep, first, offsets)
+    text, fits = run_plot(out, str(tmp_path / "results"))
+    parts = {(p["k"], p["metric"]): p for p in fits["decomposition"]["parts"]}
+    assert parts[2, "xe_mean"]["scarcity"]["value"] == pytest.approx(0.01, abs=1e-6)
+    assert parts[2, "xe_mean"]["mixing"]["value"] == pytest.approx(0.30, abs=1e-6)
+    conclusion = text.split("## Conclusion")[1].split("\n## ")[0]
+    k2 = next(line for line in conclusion.splitlines() if line.startswith("- K=2, mean"))
+    assert "mixing is the larger part" in k2 and "0.3000 [" in k2 and "0.0100 [" in k2
+    k3 = next(line for line in conclusion.splitlines() if line.startswith("- K=3, mean"))
+    assert "the intervals do not separate the two parts" in k3 and "includes 0" in k3
+    versus = parts[3, "xe_mean"]["mixing_minus_scarcity"]
+    assert versus["value"] == pytest.approx(0, abs=1e-6) and versus["ci"][0] < 0 < versus["ci"][1]
+    # on synthetic data the conclusion says how far the model is from the learner, from the same numbers
+    ideal = next(i for i in fits["decomposition"]["ideal"] if (i["k"], i["metric"]) == (2, "xe_mean"))
+    assert f"(model - learner) is {ideal['inefficiency']['value']:.4f} [" in conclusion
+
+
+# -----------------------------------------------------------------------------
+# report lines (the statistics behind them: tests/test_stats.py)
+
+def test_interval_labels():
+    assert report.fmt(Interval(1.0, [0.9, 1.1], "seeds and documents")) == "1.000 [0.900, 1.100]"
+    assert report.fmt(Interval(1.0, [0.9, 1.1], "documents only")).endswith("] †")
+    assert report.fmt(Interval(1.0, [0.9, 1.1], "seeds only")).endswith("] ‡")
+    assert report.fmt(Interval(1.0, [math.nan, math.nan], "n/a")) == "1.000 (n/a)"
+    assert not Interval(0.1, [-0.1, 0.3], "seeds and documents").separated_from_zero
+    assert not Interval(0.1, [math.nan, math.nan], "n/a").separated_from_zero
 
 
 def test_power_law_line_says_when_beta_reaches_zero():
     k = np.repeat(np.arange(1, 6), 3).astype(float)
     fit = stats.fit_power_law(k, 3.0 + 0.2 * np.log(k) + np.random.default_rng(4).normal(0, 0.002, len(k)))
-    assert "logarithmic in K" in plot.power_law_line(fit)
-    assert "needs at least 3 values of K" in plot.power_law_line(None)
+    assert "logarithmic in K" in report.power_law_line(fit)
+    assert "needs at least 3 values of K" in report.power_law_line(None)
 
 
-def finite_interval(p, max_width):
-    assert all(math.isfinite(v) for v in (p["value"], p["se"], *p["ci95"])), p
-    assert p["ci95"][0] <= p["value"] <= p["ci95"][1] and p["ci95"][1] - p["ci95"][0] < max_width, p
-
-
-def test_position_fit_power_law_curve():
-    """A clearly power-law curve a + b t^-c: x1, d, c recovered, and the asymptote a with an interval."""
+def test_position_fit_lines():
     rng = np.random.default_rng(5)
-    curve = 1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.005, BLOCK)
-    fit = stats.fit_position_curve(curve, np.full(BLOCK, 0.005))
-    check_params(fit, {"x1": 3.5, "d": 1.4, "c": 0.7, "a": 1.5}, 0.05)
-    assert fit["asymptote"] and fit["params"]["a"]["derived"] and not fit["params"]["c"]["at_bound"]
-    line = plot.fmt_position_fit(fit)
-    assert "; asymptote a = x1 - d/c = " in line and "logarithmic" not in line
-
-
-@pytest.mark.parametrize("exponent", [0.0, 0.002])
-def test_position_fit_near_logarithmic_curve_stays_finite(exponent):
-    """
-    XE(t) = a + b t^-c with c ~ 0 (here a = 3 - 125, b = 125 for c = 0.002: d = b c = 0.25), i.e.
-    about 3 - 0.25 ln t: the a, b form ran off to a ~ -1e3, b ~ +1e3 with intervals of +-1e6. The
-    fit must give finite x1 ~ 3, d ~ 0.25, c ~ 0 with finite, narrow intervals, and no asymptote.
-    """
-    rng = np.random.default_rng(6)
-    d = 0.25
-    exact = 3.0 - d * np.log(T) if exponent == 0 else (3.0 - d / exponent) + (d / exponent) * T ** -exponent
-    noise = 0.01
-    fit = stats.fit_position_curve(exact + rng.normal(0, noise, BLOCK), np.full(BLOCK, noise))
-    p = fit["params"]
-    check_params(fit, {"x1": 3.0, "d": d}, 0.05)
-    finite_interval(p["x1"], 0.1)
-    finite_interval(p["d"], 0.05)
-    finite_interval(p["c"], 0.1)
-    assert 0 <= p["c"]["value"] < 0.05 and p["c"]["ci95"][0] == 0.0      # clipped to the bound
-    assert not fit["asymptote"] and "a" not in p
-    line = plot.fmt_position_fit(fit)
+    noise = np.full(BLOCK, 0.01)
+    power = stats.fit_position_curve(1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.005, BLOCK), noise / 2)
+    assert "; asymptote a = x1 - d/c = " in report.fmt_position_fit(power)
+    logarithmic = stats.fit_position_curve(3.0 - 0.25 * np.log(T) + rng.normal(0, 0.01, BLOCK), noise)
+    line = report.fmt_position_fit(logarithmic)
     assert "logarithmic within t = 1..100" in line and "no finite asymptote" in line
-
-
-def test_position_fit_flat_curve():
-    rng = np.random.default_rng(7)
-    fit = stats.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
-    check_params(fit, {"x1": 2.4}, 0.02)
-    finite_interval(fit["params"]["d"], 0.1)
-    assert not fit["asymptote"] and "flat within the noise" in plot.fmt_position_fit(fit)
-
-
-# -----------------------------------------------------------------------------
-# the whole script
-
-def test_main_writes_every_output(sweep):
-    text = run_plot(sweep)
-    results = sweep["results"]
-    for name in ("xe_vs_k", "xe_position", "excess_area", "late_power_law", "dataset", "training"):
-        for ext in ("png", "pdf"):
-            assert os.path.getsize(os.path.join(results, f"fig_{name}.{ext}")) > 1000
-    assert not os.path.exists(os.path.join(results, "fig_model_size.png"))     # one size only
-    with open(os.path.join(results, "results.csv")) as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 6 * 4                                                   # runs x categories
-    row = next(r for r in rows if r["run"] == "k2-s1" and r["category"] == "chain0")
-    assert row["K"] == "2" and row["components"] == "chain0+chain1" and row["in_mixture"] == "True"
-    assert float(row["bayes_xe_late"]) < float(row["xe_late"]) and row["oracle_xe_early"]
-    fits = json.load(open(os.path.join(results, "fits.json")))
-    assert fits["first_component"] == "chain0"
-    assert set(fits["views"]) == {"first", "own", "top5", "unseen"}
-    assert set(fits["fits"]["position_curves"]) == {"1", "2", "3"}
-    assert fits["fits"]["late_power_law"]["params"]["beta"]["ci95"][0] is not None
-    for k, curve in fits["fits"]["position_curves"].items():
-        assert {"x1", "d", "c"} <= set(curve["params"]) and ("a" in curve["params"]) == curve["asymptote"], k
-        assert 0 <= curve["params"]["c"]["ci95"][0] <= curve["params"]["c"]["ci95"][1] <= 5, k
-        for p in curve["params"].values():
-            assert None not in (p["value"], *p["ci95"]) and abs(p["ci95"][1] - p["ci95"][0]) < 10, (k, p)
-    assert "x1 - d (1 - t^-c) / c" in text and "x1 - d ln t" in text
-    assert len(re.findall(r"^- K=\d: x1 = .*, d = .*, c = ", text, re.M)) == 3
-    contrasts = fits["tests"]["contrasts_vs_reference_k"]
-    assert len(contrasts) == 2 * 3 and all(c["p_holm"] >= c["p_value"] for c in contrasts)
-    # the fake data put ln K nats of Bayes excess on early positions: the area recovers it
-    assert fits["excess_area"]["3"]["bayes"]["value"] == pytest.approx(math.log(3), abs=1e-6)
-    assert "NaN" not in open(os.path.join(results, "fits.json")).read()
-    for target in re.findall(r"\]\(([^)]+)\)", text):
-        assert os.path.exists(os.path.join(results, target)), target
-    assert "all 6 runs trained on 48,000 tokens" in text
-    assert "k4-s0" in text and "not evaluated" in text
-    assert "fig_model_size" not in text and "only one model size" in text
-
-
-def test_report_flags_budget_discrepancy_and_model_sizes(sweep):
-    make_run(sweep["out"], sweep["data"], "k2-s0", 2, 0, sweep["components"], done_tokens=47_000)
-    for k in (1, 2):
-        make_run(sweep["out"], sweep["data"], f"big-k{k}", k, 0, sweep["components"], size="8L-512d",
-                 n_params=8_000_000)
-    stale = make_run(sweep["out"], sweep["data"], "k3-old", 3, 5, sweep["components"])
-    ev = json.load(open(os.path.join(stale, "eval.json")))
-    write_json(os.path.join(stale, "eval.json"), {**ev, "evalset": {**ev["evalset"], "sha": "older"}})
-    make_run(sweep["out"], sweep["data"], "k1-s1-again", 1, 1, sweep["components"])
-    text = run_plot(sweep)
-    assert "`k1-s1-again`: duplicate of `k1-s1`" in text
-    assert "`k3-old`: evaluated on a different evaluation set" in text
-    assert "DISCREPANCIES" in text and "k2-s0: trained on 47,000 tokens" in text
-    assert os.path.exists(os.path.join(sweep["results"], "fig_model_size.pdf"))
-    assert "Other groups" in text and "8L-512d" in text
-
-
-def test_single_k_single_seed_arxiv_like(tmp_path):
-    components = ["cs.DS", "math.ST", "cs.IT"]
-    out_dir = str(tmp_path / "out")
-    make_run(out_dir, str(tmp_path / "nowhere"), "only", 1, 0, components, synthetic=False)
-    results = str(tmp_path / "results")
-    os.makedirs(results)
-    open(os.path.join(results, "fig_excess_area.png"), "w").close()           # stale from an older sweep
-    plot.main([f"--out={out_dir}", f"--results={results}", "--n_boot=100"])
-    text = open(os.path.join(results, "REPORT.md")).read()
-    assert "single seed" in text and "stats.json not found" in text
-    assert not os.path.exists(os.path.join(results, "fig_excess_area.png"))
-    for target in re.findall(r"\]\(([^)]+)\)", text):
-        assert os.path.exists(os.path.join(results, target)), target
-
-
-def test_one_seed_cell_is_labelled_documents_only(sweep):
-    """K = 3 with one seed: its intervals, the contrasts against it, the fits, Holm and the trend say so."""
-    import shutil
-    shutil.rmtree(os.path.join(sweep["out"], "k3-s1"))
-    text = run_plot(sweep)
-    fits = json.load(open(os.path.join(sweep["results"], "fits.json")))
-    first = fits["views"]["first"]
-    assert first["3"]["xe_mean"]["covers"] == "documents only"
-    assert first["2"]["xe_mean"]["covers"] == "seeds and documents"
-    row = next(line for line in text.splitlines() if line.startswith("| 3 | 1 | 60 (12) | chain0 |"))
-    assert row.count("†") >= 3
-    assert "† one seed: the interval is over documents only" in text
-    assert "The p-value rests on a single seed at K = 3." in text
-    assert "Holm-adjusted p-values of their metric lean on them too" in text
-    assert fits["fits"]["late_power_law"]["covers"] == "documents only"
-    contrasts = fits["tests"]["contrasts_vs_reference_k"]
-    assert {c["difference"]["covers"] for c in contrasts if c["k"] == 3} == {"documents only"}
-    assert all(c["holm_single_seed"] for c in contrasts)
-
-
-def test_one_document_says_seeds_only_and_one_of_each_says_n_a(tmp_path):
-    components = ["chain0", "chain1"]
-    data_dir = make_dataset(str(tmp_path), components)
-    out_dir = str(tmp_path / "out")
-    for k, seeds in ((1, (0, 1)), (2, (0,))):
-        for seed in seeds:
-            make_run(out_dir, data_dir, f"k{k}-s{seed}", k, seed, components, n_docs=1)
-    results = str(tmp_path / "results")
-    plot.main([f"--out={out_dir}", f"--results={results}", "--n_boot=50"])
-    text = open(os.path.join(results, "REPORT.md")).read()
-    fits = json.load(open(os.path.join(results, "fits.json")))
-    assert fits["views"]["first"]["1"]["xe_mean"]["covers"] == "seeds only"
-    assert fits["views"]["first"]["2"]["xe_mean"]["covers"] == "n/a"
-    assert "‡ one document: the interval is over seeds only" in text and "(n/a)" in text
-    lo, hi = fits["views"]["first"]["1"]["xe_mean"]["ci"]
-    assert hi > lo                                                        # never a zero-width interval
-    assert fits["views"]["first"]["2"]["xe_mean"]["ci"] == [None, None]
+    flat = stats.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
+    assert "flat within the noise" in report.fmt_position_fit(flat)
 
 
 def test_no_runs_is_a_user_error(tmp_path):

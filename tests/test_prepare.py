@@ -1,5 +1,5 @@
 """
-prepare.py and the shared reader (common.Dataset, fixed_windows, doc_windows): layout and meta,
+prepare.py and the shared reader (data.Dataset, fixed_windows, doc_windows): layout and meta,
 document boundaries, the synthetic chains against their own samples, determinism, the arXiv
 path on local files and through a faked hub, GPT-2 token ids, and the one-line errors.
 Everything runs on tiny data the tests write themselves (no network, seconds on CPU).
@@ -13,9 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-import common
+import data
+import mixture
 import prepare
-from common import SPLITS, WINDOW, BLOCK, UserError
+from configurator import UserError
+from data import BLOCK, SPLITS, WINDOW
 from conftest import ROOT, TINY_SYNTHETIC, make_synthetic
 
 ARXIV_ARGS = ["--tokenizer=r50k_base"]
@@ -67,12 +69,12 @@ def check_layout(data_dir):
             r, info = rows[(comp, split)], meta["splits"][comp][split]
             assert (r["docs"], r["tokens"]) == (info["docs"], info["tokens"])
     train = {c: meta["splits"][c]["train"]["tokens"] for c in meta["components"]}
-    top5 = stats["top5_smallest_first"]
+    top5 = stats["default_order"]
     assert [train[c] for c in top5] == sorted(train[c] for c in top5)      # ascending
     rest = [c for c in meta["components"] if c not in top5]
     assert len(top5) == min(5, len(train)) and len(set(top5)) == len(top5)
     assert all(train[c] <= min(train[t] for t in top5) for c in rest)      # really the top five
-    assert meta["default_order"] == top5 == stats["default_order"]
+    assert meta["default_order"] == top5
     assert stats["default_budget"] == train[top5[0]]
     return meta
 
@@ -150,7 +152,7 @@ def test_analyse_orders_top_five_smallest_first():
     splits = {c: {s: {"docs": 1, "tokens": t if s == "train" else 1} for s in SPLITS}
               for c, t in tokens.items()}
     stats = prepare.analyse(splits)
-    assert stats["top5_smallest_first"] == ["d", "a", "g", "c", "e"]
+    assert stats["default_order"] == ["d", "a", "g", "c", "e"]
     assert stats["default_budget"] == 30
 
 
@@ -170,7 +172,7 @@ def test_check_documents_catches_a_stray_eot(tiny_synthetic, tmp_path):
 # 3: the synthetic chains
 
 def test_chains_are_ergodic_and_saved_consistently(tiny_synthetic):
-    ds = common.Dataset(tiny_synthetic)
+    ds = data.Dataset(tiny_synthetic)
     chains = ds.chains()
     assert list(chains["names"]) == ds.components
     P, pi, h = chains["transition"], chains["stationary"], chains["entropy_rate"]
@@ -194,7 +196,7 @@ def test_samples_follow_the_saved_chains(tmp_path):
     path = make_synthetic(tmp_path / "long", "--n_components=2", "--synth_vocab=5",
                           "--doc_tokens=(20,80)", "--split_tokens=(200000,500,500)",
                           "--concentration=0.5", "--seed=3")
-    ds = common.Dataset(path)
+    ds = data.Dataset(path)
     chains = ds.chains()
     V = 5
     counts, firsts = [], []
@@ -280,14 +282,14 @@ def write_arxiv_files(folder, fmt):
     os.makedirs(folder, exist_ok=True)
     for hf_split in HF:
         # round-robin over categories: interleaved, each category's documents in their order
-        rows = [(TEXTS[c][hf_split][i], common.ARXIV_LABELS.index(c))
+        rows = [(TEXTS[c][hf_split][i], prepare.ARXIV_LABELS.index(c))
                 for i in range(3) for c in TEXTS if i < len(TEXTS[c][hf_split])]
         texts, labels = [r[0] for r in rows], [r[1] for r in rows]
         if fmt == "parquet":
             ds = datasets.Dataset.from_dict(
                 {"text": texts, "label": labels},
                 features=datasets.Features({"text": datasets.Value("string"),
-                                            "label": datasets.ClassLabel(names=common.ARXIV_LABELS)}))
+                                            "label": datasets.ClassLabel(names=prepare.ARXIV_LABELS)}))
             ds.to_parquet(os.path.join(folder, f"{hf_split}.parquet"))
         else:
             with open(os.path.join(folder, f"{hf_split}.jsonl"), "w") as f:
@@ -427,7 +429,7 @@ def test_unknown_category(tmp_path, tiktoken_cache):
     out = tmp_path / "arxiv"
     msg = one_line_error([f"--data_files={src}", f"--data_dir={out}", "--categories=cs.XX",
                           *ARXIV_ARGS])
-    assert "cs.XX" in msg and all(name in msg for name in common.ARXIV_LABELS)
+    assert "cs.XX" in msg and all(name in msg for name in prepare.ARXIV_LABELS)
     assert not out.exists() and not leftovers(tmp_path)
 
 
@@ -572,7 +574,7 @@ def test_interrupted_rebuild_keeps_the_old_dataset(tmp_path, monkeypatch, tiktok
     assert len(closes) == 5
     assert dataset_files(out) == before
     assert os.listdir(tmp_path / "data") == ["arxiv"]
-    common.Dataset(out)
+    data.Dataset(out)
     # and a first build that dies leaves no folder at all
     new = tmp_path / "data" / "other"
     closes.clear()
@@ -585,7 +587,7 @@ def test_interrupted_rebuild_keeps_the_old_dataset(tmp_path, monkeypatch, tiktok
 # 9: the shared reader
 
 def test_dataset_reader_opens_a_good_folder(tiny_synthetic):
-    ds = common.Dataset(tiny_synthetic)
+    ds = data.Dataset(tiny_synthetic)
     assert ds.components == ["chain0", "chain1", "chain2"] and ds.eot == 8 and ds.vocab_size == 9
     assert ds.source == "synthetic" and ds.name == "synthetic"
     for comp in ds.components:
@@ -600,7 +602,7 @@ def test_dataset_reader_opens_a_good_folder(tiny_synthetic):
 
 def test_dataset_reader_missing_folder(tmp_path):
     with pytest.raises(UserError) as e:
-        common.Dataset(str(tmp_path / "data" / "synthetic"))
+        data.Dataset(str(tmp_path / "data" / "synthetic"))
     msg = str(e.value)
     assert "\n" not in msg and "python prepare.py --source=synthetic" in msg
 
@@ -610,21 +612,21 @@ def test_dataset_reader_truncated_file(tiny_synthetic, tmp_path, target):
     copy = tmp_path / "synthetic"
     shutil.copytree(tiny_synthetic, copy)
     path = copy / target
-    data = path.read_bytes()
-    path.write_bytes(data[:-10])
+    content = path.read_bytes()
+    path.write_bytes(content[:-10])
     with pytest.raises(UserError) as e:
-        common.Dataset(str(copy))
+        data.Dataset(str(copy))
     msg = str(e.value)
     assert "\n" not in msg and target.split("/")[1] in msg
     assert "incomplete" in msg or "corrupt" in msg
     assert "python prepare.py --source=synthetic" in msg and "--force" in msg
     os.remove(path)
     with pytest.raises(UserError, match="missing"):
-        common.Dataset(str(copy))
+        data.Dataset(str(copy))
 
 
 def test_dataset_reader_unknown_component(tiny_synthetic):
-    ds = common.Dataset(tiny_synthetic)
+    ds = data.Dataset(tiny_synthetic)
     for call in (ds.tokens, ds.offsets):
         with pytest.raises(UserError) as e:
             call("cs.PL", "train")
@@ -634,12 +636,12 @@ def test_dataset_reader_unknown_component(tiny_synthetic):
 
 @pytest.mark.parametrize("n", [1, 7, 20, 40, 10_000])
 def test_fixed_windows(tiny_synthetic, n):
-    ds = common.Dataset(tiny_synthetic)
+    ds = data.Dataset(tiny_synthetic)
     comp, split = "chain1", "test"
     tokens, offsets = np.asarray(ds.tokens(comp, split)), ds.offsets(comp, split)
     lengths = np.diff(offsets) - 1
     slots = lengths // WINDOW
-    starts, docs = common.fixed_windows(ds, comp, split, n, seed=5)
+    starts, docs = data.fixed_windows(ds, comp, split, n, seed=5)
     assert len(starts) == len(docs) == min(n, slots.sum())
     # each window inside its own document, before the EOT, no EOT inside
     doc_of = np.searchsorted(offsets, starts, side="right") - 1
@@ -659,28 +661,118 @@ def test_fixed_windows(tiny_synthetic, n):
     if n >= (slots > 0).sum():
         assert per_doc[slots > 0].min() >= min(slots[slots > 0].min(), n // (slots > 0).sum())
     # deterministic in the seed
-    again = common.fixed_windows(ds, comp, split, n, seed=5)
+    again = data.fixed_windows(ds, comp, split, n, seed=5)
     assert np.array_equal(again[0], starts) and np.array_equal(again[1], docs)
     if n < slots.sum():
-        other = common.fixed_windows(ds, comp, split, n, seed=6)
+        other = data.fixed_windows(ds, comp, split, n, seed=6)
         assert not np.array_equal(other[0], starts)
 
 
 def test_doc_windows_cover_each_token_once(tiny_synthetic):
-    ds = common.Dataset(tiny_synthetic)
+    ds = data.Dataset(tiny_synthetic)
     tokens, offsets = np.asarray(ds.tokens("chain0", "val")), ds.offsets("chain0", "val")
     padded = np.concatenate([tokens, np.full(WINDOW, ds.eot, dtype=tokens.dtype)])
     for d in (0, 1, len(offsets) - 2):
         s, e = int(offsets[d]), int(offsets[d + 1]) - 1        # the document without its EOT
         for lo, hi in ((s, e), (s, s + 1), (s, s + 57), (s, s + BLOCK), (s, s + BLOCK + 1)):
             for head in range(1, BLOCK + 1):
-                starts, n_targets = common.doc_windows(lo, hi, head)
+                starts, n_targets = mixture.doc_windows(lo, hi, head)
                 assert n_targets[0] == min(head, hi - lo)
                 assert np.all((n_targets >= 1) & (n_targets <= BLOCK))
                 assert starts[0] == lo - 1
                 targets = np.concatenate([st + 1 + np.arange(k) for st, k in zip(starts, n_targets)])
                 assert np.array_equal(targets, np.arange(lo, hi))   # each token once, in order
                 if head == 37 and lo > 0:
-                    x, y = common.gather_windows(padded, starts, n_targets)
+                    x, y = data.gather_windows(padded, starts, n_targets)
                     assert x[0, 0] == ds.eot                       # context starts at the EOT
                     assert np.array_equal(y[y >= 0], tokens[lo:hi])
+
+
+# ----------------------------------------------------------------------------- integrity (issue 8)
+
+def write_rows(folder, rows_by_split, label_type="int64"):
+    """Parquet files with a plain label column (no ClassLabel), so any label value can be written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    os.makedirs(folder, exist_ok=True)
+    for hf_split, rows in rows_by_split.items():
+        pq.write_table(pa.table({"text": pa.array([r[0] for r in rows], pa.string()),
+                                 "label": pa.array([r[1] for r in rows], label_type)}),
+                       os.path.join(folder, f"{hf_split}.parquet"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("bad_label, label_type", [(-1, "int64"), (11, "int64"), (float("nan"), "float64"),
+                                                   (None, "int64")])
+def test_documents_without_a_valid_label_or_text_are_left_out_and_counted(tmp_path, tiktoken_cache, capsys,
+                                                                         bad_label, label_type):
+    st, gr = prepare.ARXIV_LABELS.index("math.ST"), prepare.ARXIV_LABELS.index("math.GR")
+    rows = {split: [(f"{split} statistics.", st), (f"{split} groups.", gr), ("no label here.", bad_label),
+                    (None, st)] for split in ("train", "validation", "test")}
+    src = write_rows(tmp_path / "src", rows, label_type)
+    out = str(tmp_path / "arxiv")
+    prepare.main([f"--data_files={src}", f"--data_dir={out}", *ARXIV_ARGS])
+    printed = capsys.readouterr().out
+    for split in ("train", "val", "test"):
+        assert f"note: {split}: left out 1 document(s) with no valid label, 1 document(s) with no text" in printed
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert sorted(meta["components"]) == ["math.GR", "math.ST"]       # never filed under names[-1]
+    for comp in meta["components"]:
+        for split in ("train", "val", "test"):
+            assert meta["splits"][comp][split]["docs"] == 1
+    assert decoded_docs(out, "math.ST", "train") == ["train statistics."]
+
+
+def test_empty_or_unreadable_input_files_are_one_line(tmp_path, tiktoken_cache):
+    src = write_arxiv_files(tmp_path / "src", "parquet")
+    open(os.path.join(src, "test.parquet"), "wb").close()                 # 0 bytes
+    msg = one_line_error([f"--data_files={src}", f"--data_dir={tmp_path}/a", *ARXIV_ARGS])
+    assert "test.parquet is empty" in msg
+    with open(os.path.join(src, "test.parquet"), "wb") as f:            # not parquet at all
+        f.write(b"PAR1 this is not a parquet file")
+    msg = one_line_error([f"--data_files={src}", f"--data_dir={tmp_path}/b", *ARXIV_ARGS])
+    assert "could not read" in msg and "complete parquet" in msg
+    js = write_arxiv_files(tmp_path / "js", "jsonl")
+    with open(os.path.join(js, "train.jsonl"), "ab") as f:              # invalid UTF-8
+        f.write(b'{"text": "\xff\xfe broken", "label": 3}\n')
+    msg = one_line_error([f"--data_files={js}", f"--data_dir={tmp_path}/c", *ARXIV_ARGS])
+    assert "not valid UTF-8" in msg
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]  # nothing half-written
+
+
+def test_identical_rebuild_keeps_the_fingerprint_and_another_changes_it(tmp_path):
+    path = make_synthetic(tmp_path / "synthetic")
+    first = data.Dataset(path).fingerprint
+    make_synthetic(tmp_path / "synthetic", "--force")                   # same seed: same content
+    assert data.Dataset(path).fingerprint == first
+    assert json.load(open(os.path.join(path, "meta.json")))["fingerprint"] == first
+    make_synthetic(tmp_path / "synthetic", "--force", "--seed=8")
+    assert data.Dataset(path).fingerprint != first
+
+
+def test_damaged_meta_json_is_named_and_rebuilt_with_force(tmp_path):
+    path = make_synthetic(tmp_path / "synthetic")
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        f.write('{"dataset": "synth')                                  # cut short
+    with pytest.raises(UserError, match="meta.json is unreadable"):
+        data.Dataset(path)
+    msg = one_line_error(TINY_SYNTHETIC + [f"--data_dir={path}"])
+    assert "damaged dataset" in msg and "--force" in msg
+    make_synthetic(tmp_path / "synthetic", "--force")
+    data.Dataset(path)
+
+
+def test_a_dead_prepares_temp_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    import fcntl
+    parent = tmp_path / "data"
+    dead, live = parent / ".tmp-synthetic-dead", parent / ".tmp-synthetic-live"
+    for folder in (dead, live):
+        os.makedirs(folder)
+        (folder / "junk.bin").write_bytes(b"0" * 1000)
+        (folder / ".building").write_text("")
+    holder = open(live / ".building", "a")                             # a prepare still writing
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    make_synthetic(parent / "synthetic")
+    assert not dead.exists() and live.exists()
+    holder.close()
+    assert [p for p in os.listdir(parent) if p.startswith(".tmp-")] == [".tmp-synthetic-live"]

@@ -7,7 +7,7 @@ from scipy.special import gammaln
 
 import references as R
 import train
-from common import Dataset
+from data import Dataset
 
 
 def random_chains(rng, m, v):

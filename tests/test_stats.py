@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stats  # noqa: E402
-from common import BLOCK  # noqa: E402
+from data import BLOCK
 
 T = np.arange(1, BLOCK + 1)
 
@@ -267,7 +267,7 @@ def test_refitted_intervals_scope_and_derived_parameters():
 
 
 def test_refitted_ln_k_interval_covers():
-    """The refitted interval of the ln K law's slope holds its level (the cheap law; stats.py --fits has all)."""
+    """The refitted interval of the ln K law's slope holds its level (the cheap law; bench.py --what=coverage --fits=True has all)."""
     rng = np.random.default_rng(9)
     hits = []
     for i in range(300):

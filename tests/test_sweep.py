@@ -19,7 +19,7 @@ TRAIN_ARGS = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--w
 def sweep_env(tmp, **extra):
     env = dict(os.environ, OUT=f"{tmp}/out", RESULTS=f"{tmp}/results", DATA=f"{tmp}/synthetic",
                PREPARE_ARGS=" ".join(a for a in TINY_SYNTHETIC if not a.startswith("--source")),
-               KS="1 2 3", SEEDS="1", PARALLEL="2", EVAL_ARGS="--eval_windows=30 --cpu_threads=1")
+               KS="1 2", SEEDS="1", PARALLEL="2", EVAL_ARGS="--eval_windows=30 --cpu_threads=1")
     env.update(extra)
     return env
 
@@ -37,10 +37,17 @@ def finished_sweep(tmp_path_factory):
     return tmp, result
 
 
+def run_folders(tmp):
+    """{readable name: folder}: the name without its identity hash."""
+    return {os.path.basename(p).rsplit("_", 1)[0]: p for p in glob.glob(f"{tmp}/out/synthetic_k*")}
+
+
 def test_sweep_writes_a_consistent_report(finished_sweep):
     tmp, result = finished_sweep
-    runs = sorted(glob.glob(f"{tmp}/out/synthetic_k*_s1"))
-    assert [os.path.basename(r) for r in runs] == [f"synthetic_k{k}_s1" for k in (1, 2, 3)]
+    folders = run_folders(tmp)
+    assert sorted(folders) == ["synthetic_k1_1L-16d-2h_s1", "synthetic_k2_1L-16d-2h_s1",
+                               "synthetic_k2ctrl_1L-16d-2h_s1"]
+    runs = sorted(folders.values())
     for run in runs:
         for name in ("config.json", "log.jsonl", "ckpt.pt", "done", "eval.json", "eval.npz", "train.log"):
             assert os.path.exists(os.path.join(run, name)), (run, name)
@@ -53,7 +60,7 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
         for row in (r for r in rows if r["run"] == summary["run"]):
             assert float(row["xe_mean"]) == pytest.approx(summary["categories"][row["category"]]["xe_mean"], rel=1e-4)
     report = open(f"{tmp}/results/REPORT.md").read()
-    assert "all 3 runs trained on 3,000 tokens" in report
+    assert "all 2 runs trained on 3,000 tokens" in report
     for target in re.findall(r"\]\(([^)]+)\)", report):
         assert os.path.exists(os.path.join(tmp, "results", target)), target
     assert f"{tmp}/results/REPORT.md" in result.stdout
@@ -74,27 +81,106 @@ def test_second_invocation_trains_nothing(finished_sweep):
 
 def test_interrupted_sweep_resumes(tmp_path):
     args = ["--token_budget=6000", "--epochs=4", "--ckpt_interval=5"]
-    env = sweep_env(tmp_path, KS="2", PARALLEL="1")
+    env = sweep_env(tmp_path, KS="2", PARALLEL="1", CONTROLS="0")
     proc = subprocess.Popen(["bash", "sweep.sh", "synthetic", *TRAIN_ARGS, *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = f"{tmp_path}/out/synthetic_k2_s1/ckpt.pt"
+    ckpt = None
     deadline = time.time() + 120
-    while not os.path.exists(ckpt) and time.time() < deadline and proc.poll() is None:
+    while ckpt is None and time.time() < deadline:
+        ckpt = next(iter(glob.glob(f"{tmp_path}/out/synthetic_k2_*/ckpt.pt")), None)
         time.sleep(0.05)
-    assert os.path.exists(ckpt), proc.communicate()
+    assert ckpt is not None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout
     assert "interrupted" in stdout
-    assert not os.path.exists(f"{tmp_path}/out/synthetic_k2_s1/done")
+    run = os.path.dirname(ckpt)
+    assert not os.path.exists(f"{run}/done")
     result = subprocess.run(["bash", "sweep.sh", "synthetic", *TRAIN_ARGS, *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "synthetic_k2_s1: resuming" in result.stdout
-    log = open(f"{tmp_path}/out/synthetic_k2_s1/train.log").read()
+    assert f"{os.path.basename(run)}: resuming" in result.stdout
+    log = open(f"{run}/train.log").read()
     assert "resuming" in log and os.path.exists(f"{tmp_path}/results/REPORT.md")
-    done = json.load(open(f"{tmp_path}/out/synthetic_k2_s1/done"))
+    done = json.load(open(f"{run}/done"))
     assert done["tokens"] == 6000 * 4
+
+
+def sweep_processes(out):
+    """PIDs of processes a sweep started: they all hold its lock file open (inherited)."""
+    lock, found = os.path.realpath(f"{out}/.sweep.lock"), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == lock for fd in fds):
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def eval_numbers(folder):
+    summary = json.load(open(os.path.join(folder, "eval.json")))
+    return {c: v["xe_mean"] for c, v in summary["categories"].items()}
+
+
+def test_kill_9_of_the_sweep_leaves_nothing_running_and_a_restart_ends_as_if_uninterrupted(
+        finished_sweep, tmp_path):
+    reference, _ = finished_sweep
+    args = ["synthetic", *TRAIN_ARGS, "--token_budget=1500", "--epochs=2", "--ckpt_interval=3"]
+    env = sweep_env(tmp_path, KS="1 2")
+    proc = subprocess.Popen(["bash", "sweep.sh", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not glob.glob(f"{tmp_path}/out/synthetic_k*/ckpt.pt") and time.time() < deadline:
+        time.sleep(0.02)
+    started = set(sweep_processes(f"{tmp_path}/out")) - {proc.pid}
+    assert started, "the sweep started nothing"
+    os.kill(proc.pid, signal.SIGKILL)          # the sweep's own PID only, never its process group
+    proc.wait()
+    deadline = time.time() + 30
+    while sweep_processes(f"{tmp_path}/out") and time.time() < deadline:
+        time.sleep(0.1)
+    assert not sweep_processes(f"{tmp_path}/out"), "trainers or slots of the killed sweep still run"
+    result = subprocess.run(["bash", "sweep.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    restarted, uninterrupted = run_folders(tmp_path), run_folders(reference)
+    assert sorted(restarted) == ["synthetic_k1_1L-16d-2h_s1", "synthetic_k2_1L-16d-2h_s1",
+                                 "synthetic_k2ctrl_1L-16d-2h_s1"]
+    for name, folder in restarted.items():     # the same identities, and bit-identical numbers
+        assert os.path.basename(folder) == os.path.basename(uninterrupted[name])
+        assert eval_numbers(folder) == eval_numbers(uninterrupted[name])
+
+
+def test_a_second_sweep_on_the_same_runs_folder_is_refused(tmp_path):
+    env = sweep_env(tmp_path, KS="1", CONTROLS="0")
+    first = subprocess.Popen(["bash", "sweep.sh", "synthetic", *TRAIN_ARGS, "--token_budget=1500",
+                              "--epochs=50"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not os.path.exists(f"{tmp_path}/out/.sweep.pid") and time.time() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(["bash", "sweep.sh", "synthetic", *TRAIN_ARGS], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert f"another sweep.sh (PID {first.pid}) is running on {tmp_path}/out" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+
+
+def test_an_ablation_lands_beside_the_default_runs(finished_sweep):
+    tmp, _ = finished_sweep
+    before = {p: os.path.getmtime(os.path.join(p, "ckpt.pt")) for p in run_folders(tmp).values()}
+    result = run_sweep(tmp, "--token_budget=1500", "--epochs=3", KS="1 2", CONTROLS="0")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count(": training") == 2 and "skipped" not in result.stdout
+    assert before == {p: os.path.getmtime(os.path.join(p, "ckpt.pt")) for p in before}   # untouched
+    with open(f"{tmp}/results/results.csv") as f:
+        experiments = {row["experiment"] for row in csv.DictReader(f)}
+    assert len(experiments) == 2
 
 
 def test_arxiv_sweep_without_gpu_stops_with_an_estimate(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import train
-from common import BLOCK, Dataset, UserError, gather_windows
+from configurator import UserError
+from data import BLOCK, Dataset, gather_windows
 from conftest import ROOT, make_synthetic
 
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu",
@@ -232,7 +233,7 @@ def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert read(os.path.join(out, "done"))["tokens_per_component"] == \
         read(os.path.join(single, "done"))["tokens_per_component"]
-    assert read(os.path.join(out, "config.json"))["world_size"] == 2
+    assert read(os.path.join(out, "config.json"))["runtime"]["world_size"] == 2
     a = torch.load(os.path.join(single, "ckpt.pt"), weights_only=False)["model"]
     b = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"]
     for key in a:   # same windows, same loss normalisation: equal up to float reduction order
@@ -248,10 +249,10 @@ def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
     (["--k=9"], "k=9"),
     (["--token_budget=100000000"], "train tokens; use --token_budget="),
     (["--weights=[1,2]", "--k=3"], "weights="),
-    (["--block_size=64"], "block_size is fixed"),
+    (["--block_size=64"], "unknown config key 'block_size'"),
     (["config/does_not_exist.py"], "not found"),
     (["--batch_size=0"], "batch_size=0"),
-    (["--n_embd=30", "--n_head=4"], "not a multiple of n_head"),
+    (["--n_embd=30", "--n_head=4"], "must be a multiple of n_head=4"),
     (["--token_budget=-5"], "token_budget=-5"),
     (["--device=gpu"], "device='gpu'"),
     (["--dtype=float16"], "use auto, bfloat16 or float32"),
@@ -286,7 +287,7 @@ def test_torn_log_line_and_rebuilt_data_on_resume(tiny_synthetic, tmp_path):
     os.remove(out / "done")
     meta_path = os.path.join(tiny_synthetic, "meta.json")
     config = read(out / "config.json")
-    config["dataset"]["meta_sha"] = "0" * 40
+    config["identity"] = "0" * 64                      # as if made from another build of the data
     with open(out / "config.json", "w") as f:
         json.dump(config, f)
     with pytest.raises(UserError, match="different build"):
@@ -298,7 +299,7 @@ def test_changed_config_on_existing_run_is_refused(tiny_synthetic, tmp_path):
     run_train(tiny_synthetic, tmp_path / "run", "--token_budget=1000", "--epochs=1",
               "--ckpt_interval=1000", "--eval_interval=1000")
     os.remove(tmp_path / "run" / "done")
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match="holds a different run \\(n_embd: 16 there, 32 now\\)"):
         run_train(tiny_synthetic, tmp_path / "run", "--token_budget=1000", "--epochs=1",
                   "--n_embd=32")
 
@@ -321,7 +322,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 
 def test_tiny_model_learns_a_chain_to_near_its_entropy_rate(tmp_path):
     from evaluate import bayes_losses
-    from common import fixed_windows
+    from data import fixed_windows
     data = make_synthetic(tmp_path / "one", "--n_components=1", "--split_tokens=(60000,3000,30000)",
                           "--seed=11")
     out = str(tmp_path / "run")

@@ -1,0 +1,186 @@
+"""
+What a run trains on, and in which order: the K-mixture a config names (budget/K tokens of each
+component, as a seeded random subset of whole documents), a control run's share of it, every
+epoch's windows (a fresh random phase per document, shuffled across components, every token a
+target exactly once), and the step plan that gives every K the same steps on the same tokens.
+train.py trains on it; evaluate.py rebuilds it to count the tokens a run saw (the learner).
+"""
+import math
+
+import numpy as np
+
+from configurator import UserError
+from data import BLOCK, WINDOW, stable_hash
+
+EPOCH_STREAM = 0xE90C   # a constant that separates the epoch phase/order random stream from others
+                        # seeded by [seed, epoch] (any fixed value would do; it must never change)
+
+
+def doc_windows(doc_start, doc_end, head):
+    """
+    Cover every token of one document (tokens[doc_start:doc_end], whose context starts at the
+    separator at doc_start - 1) as a target exactly once: a head chunk of `head` targets
+    (1..BLOCK), then full chunks of BLOCK, then the remainder. Returns (starts, n_targets).
+    """
+    length = doc_end - doc_start
+    head = min(head, length)
+    cuts = np.concatenate([[0], np.arange(head, length, BLOCK), [length]])
+    starts = doc_start - 1 + cuts[:-1]
+    return starts.astype(np.int64), np.diff(cuts).astype(np.int64)
+
+
+class Mixture:
+    """
+    One flat token buffer holding the run's documents, each preceded by an EOT (its context
+    start: the previous document's closing EOT, or a separator at the start and after a document
+    cut to fit a quota), plus WINDOW tokens of padding so every window gather stays in bounds.
+    doc_start/doc_end index the buffer; doc_comp says which component a document came from.
+    """
+
+    def __init__(self, dataset, names, quotas, seed):
+        pieces, starts, ends, comps, n_docs = [], [], [], [], []
+        position, eot = 0, dataset.eot
+        for c, (name, quota) in enumerate(zip(names, quotas)):
+            tokens, offsets = dataset.tokens(name, "train"), dataset.offsets(name, "train")
+            rng = np.random.default_rng([seed, stable_hash(name)])
+            order = rng.permutation(len(offsets) - 1)
+            taken = 0
+            for d in order:
+                if taken == quota:
+                    break
+                length = min(int(offsets[d + 1] - offsets[d]), quota - taken)  # last doc cut
+                if not pieces or pieces[-1][-1] != eot:     # a separator, unless the previous
+                    pieces.append(np.array([eot], dtype=np.uint16))    # document ended with one
+                    position += 1
+                pieces.append(tokens[offsets[d]:offsets[d] + length])
+                starts.append(position)
+                ends.append(position + length)
+                comps.append(c)
+                position += length
+                taken += length
+            n_docs.append(len(comps) - sum(n_docs))
+        pieces.append(np.full(WINDOW, eot, dtype=np.uint16))
+        self.tokens = np.concatenate(pieces)
+        self.doc_start, self.doc_end = np.array(starts), np.array(ends)
+        self.doc_comp = np.array(comps)
+        self.n_docs = n_docs
+        self.budget = int(sum(quotas))
+
+    def epoch_windows(self, seed, epoch):
+        """This epoch's windows in training order: (starts, n_targets, component) arrays."""
+        rng = np.random.default_rng([seed, epoch, EPOCH_STREAM])
+        heads = rng.integers(1, BLOCK + 1, size=len(self.doc_start))   # fresh phase per doc
+        parts = [doc_windows(s, e, h) for s, e, h in zip(self.doc_start, self.doc_end, heads)]
+        starts = np.concatenate([p[0] for p in parts])
+        n_targets = np.concatenate([p[1] for p in parts])
+        comp = np.repeat(self.doc_comp, [len(p[0]) for p in parts])
+        order = rng.permutation(len(starts))                            # mixed across components
+        return starts[order], n_targets[order], comp[order]
+
+    def max_windows(self):
+        """An upper bound on windows per epoch, whatever the phases: fixes the batch shape."""
+        lengths = self.doc_end - self.doc_start
+        return int(np.sum(np.ceil((lengths - 1) / BLOCK) + 1))
+
+
+def resolve_mixture(dataset, cfg):
+    """
+    The K-mixture a config names: component names, integer token quotas summing exactly to the
+    budget (budget/K each by default), and the normalised weights. One-line errors for a config
+    that cannot be met.
+    """
+    if cfg.components:
+        names = list(cfg.components)
+        for name in names:
+            dataset.check_component(name)
+        if len(set(names)) != len(names):
+            raise UserError(f"components lists a component twice: {names}")
+        if cfg.k not in (1, len(names)):
+            raise UserError(f"k={cfg.k} but components names {len(names)} ({', '.join(names)}); "
+                            f"drop --k, or name {cfg.k} components")
+    else:
+        if not 1 <= cfg.k <= len(dataset.default_order):
+            raise UserError(f"k={cfg.k}: the default order of {dataset.name} has "
+                            f"{len(dataset.default_order)} components ({', '.join(dataset.default_order)}); "
+                            f"use k in 1..{len(dataset.default_order)} or name them with --components=a,b,c")
+        names = dataset.default_order[:cfg.k]
+    weights = np.array(cfg.weights if cfg.weights else [1.0] * len(names), dtype=float)
+    if len(weights) != len(names) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise UserError(f"weights={list(cfg.weights)} must be {len(names)} finite positive numbers, "
+                        f"one per component ({', '.join(names)})")
+    weights = weights / weights.sum()
+    budget = cfg.token_budget or dataset.n_tokens(dataset.default_order[0], "train")
+    # largest-remainder rounding: integer quotas that sum exactly to the budget
+    raw = budget * weights
+    quotas = np.floor(raw).astype(np.int64)
+    for i in np.argsort(-(raw - quotas), kind="stable")[:budget - int(quotas.sum())]:
+        quotas[i] += 1
+    for name, quota in zip(names, quotas):
+        available = dataset.n_tokens(name, "train")
+        if quota > available:
+            fit = int(available / weights[names.index(name)])
+            raise UserError(f"token_budget={budget:,} asks {quota:,} tokens of {name}, which has "
+                            f"{available:,} train tokens; use --token_budget={fit:,} or less")
+    return names, [int(q) for q in quotas], [float(w) for w in weights]
+
+
+def training_share(dataset, cfg):
+    """
+    What a run trains on: (components, quotas, weights, epochs). A main run trains on its
+    K-mixture for `epochs` passes. A control run (control=True) is the data-matched K = 1 twin of
+    that mixture: its first component's exact quota (the same seed draws the same documents, so
+    the same tokens), for epochs x K passes, so it takes the mixture's number of optimizer steps
+    (up to the rounding of the steps per epoch). Its XE against K = 1 is the cost of having less
+    data; the mixture's XE against it, the cost of mixing.
+    """
+    names, quotas, weights = resolve_mixture(dataset, cfg)
+    if cfg.control:
+        if len(names) < 2:
+            raise UserError("control=True mirrors a mixture of K >= 2 components; use --k=2 or more")
+        names, quotas, weights, epochs = names[:1], quotas[:1], [1.0], cfg.epochs * len(names)
+    else:
+        epochs = cfg.epochs
+    if min(quotas) < cfg.batch_size * BLOCK:
+        raise UserError(f"token_budget={sum(quotas):,} gives {names[0]} {min(quotas):,} tokens, less "
+                        f"than one step of batch_size x {BLOCK} = {cfg.batch_size * BLOCK:,} targets; "
+                        f"raise --token_budget or lower --batch_size")
+    return names, quotas, weights, epochs
+
+
+# -----------------------------------------------------------------------------
+# the step plan: every epoch has the same number of steps, each with a fixed number of rows
+
+class StepPlan:
+    """
+    Splits an epoch's windows into steps_per_epoch steps of nearly equal size (they differ by
+    at most one window), each padded to a fixed `rows` (padding rows have no targets), and each
+    step's rows dealt to DDP ranks round-robin. steps_per_epoch depends only on the budget and
+    batch size, so every K takes the same steps on the same tokens.
+    """
+
+    def __init__(self, mixture, batch_size, world):
+        self.steps_per_epoch = math.ceil(mixture.budget / (batch_size * BLOCK))
+        rows = math.ceil(mixture.max_windows() / self.steps_per_epoch)
+        self.rows = world * math.ceil(rows / world)
+        self.world = world
+        self.mixture = mixture
+        self._epoch, self._windows = None, None
+
+    def step(self, seed, step):
+        """The rows of a global step: (starts, n_targets, comp) arrays of length rows, and epoch."""
+        epoch, j = divmod(step, self.steps_per_epoch)
+        if self._epoch != epoch:
+            self._epoch, self._windows = epoch, self.mixture.epoch_windows(seed, epoch)
+        starts, n_targets, comp = self._windows
+        bounds = np.linspace(0, len(starts), self.steps_per_epoch + 1).round().astype(np.int64)
+        lo, hi = bounds[j], bounds[j + 1]
+        pad = self.rows - (hi - lo)
+        return (np.concatenate([starts[lo:hi], np.zeros(pad, dtype=np.int64)]),
+                np.concatenate([n_targets[lo:hi], np.zeros(pad, dtype=np.int64)]),
+                np.concatenate([comp[lo:hi], np.full(pad, -1)]), epoch)
+
+    def for_rank(self, rows, rank):
+        """This rank's share of a step's rows: every world-th row, so ranks never overlap."""
+        return tuple(a[rank::self.world] for a in rows)
+
+

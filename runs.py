@@ -1,0 +1,265 @@
+"""
+The run folder: how its files are written (atomically, never half-written), what a run records
+about where it came from, and (below) the run's identity, name and lock.
+"""
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+from configurator import UserError
+
+# files are made with the permissions the user's umask gives (tempfile would make them 0600)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def atomic_write_bytes(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+    os.chmod(tmp, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+    os.close(fd)
+    os.chmod(tmp, FILE_MODE)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_run_file(path, folder, required=True):
+    """A JSON file of a run folder; a damaged one is one line naming it (or None if not required)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as e:
+        if not required:
+            return None
+        raise UserError(f"{path} is damaged ({type(e).__name__}); delete {folder} and run the same "
+                        f"command to train the run again")
+
+
+def read_log(path):
+    """log.jsonl entries; a torn last line (a run killed mid-write) is skipped, not fatal."""
+    entries = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return entries
+
+
+def provenance():
+    here = os.path.dirname(os.path.abspath(__file__))
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except Exception:
+            return ""
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "tiktoken", "datasets", "scipy", "matplotlib"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown",
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "versions": versions, "host": platform.node(), "argv": sys.argv}
+
+
+# -----------------------------------------------------------------------------
+# identity: which runs are the same run. One definition, used by train, sweep, evaluate and plot.
+
+# Keys that never change a run's numbers, so they are not part of its identity: names and paths,
+# switches that change only speed or floating-point rounding (compile, bf16 autocast, the fused
+# optimizer kernel, thread counts, where the data lives), and what is logged or checked along the
+# way (validation runs in inference mode and draws no random numbers). Every other key of
+# train.py's config is, with the data's content fingerprint. A key added to train.py later joins
+# the identity, so runs made before it get new names and are trained again, never mixed in.
+NOT_IDENTITY = ("run_name", "out_root", "out_dir", "data_dir", "size", "identity", "print_run_dir",
+                "device", "compile", "dtype", "fused_adamw", "gpu_resident", "cpu_threads",
+                "log_interval", "eval_interval", "val_windows", "ckpt_interval", "peak_flops",
+                "wandb_log", "wandb_project", "wandb_run_name")
+# What may differ between the runs of one experiment: its seeds, and K with the mixture K implies
+# (a control run mirrors the K-mixture of its experiment).
+WITHIN_EXPERIMENT = ("seed", "k", "components", "weights", "control")
+
+
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def identity_config(config):
+    """The settings that make a run's numbers, from its resolved config (a dict)."""
+    return {k: v for k, v in sorted(config.items()) if k not in NOT_IDENTITY}
+
+
+def run_identity(config, data_fingerprint):
+    """A run's identity: a hash of every setting that changes its numbers and of its data."""
+    return _digest({"config": identity_config(config), "data": data_fingerprint})
+
+
+def experiment_config(config):
+    """The settings an experiment's runs share (all of a run's identity but seed and K)."""
+    return {k: v for k, v in identity_config(config).items() if k not in WITHIN_EXPERIMENT}
+
+
+def experiment_identity(config, data_fingerprint):
+    return _digest({"config": experiment_config(config), "data": data_fingerprint})
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+
+
+# the config files a sweep of each source runs with by default (sweep.sh's BASE_CONFIG): plot.py
+# calls the experiment they give "the default one"
+DEFAULT_CONFIGS = {"synthetic": [os.path.join(CONFIG_DIR, "synthetic.py")], "arxiv": []}
+
+
+def size_label(config):
+    """
+    A run's size in names and tables: the size config's name (config/<size>.py names itself)
+    when the run has that config's dimensions, else the dimensions, so a name never claims a
+    size the run does not have (config/tiny.py --n_embd=512 is "4L-512d-4h", not "tiny").
+    """
+    dims = (config["n_layer"], config["n_head"], config["n_embd"])
+    path = os.path.join(CONFIG_DIR, f"{config.get('size') or '-'}.py")
+    if os.path.isfile(path):
+        declared = {}
+        with open(path) as f:
+            exec(f.read(), {}, declared)               # config files are code, as in nanoGPT
+        if tuple(declared.get(k) for k in ("n_layer", "n_head", "n_embd")) == dims:
+            return config["size"]
+    return f"{dims[0]}L-{dims[2]}d-{dims[1]}h"
+
+
+def default_run_name(config, dataset_name, identity, size_label):
+    """Readable (dataset, K, control, size, seed) plus the identity's start, so that two runs
+    differing in anything else (an ablation, a changed default) never share a folder."""
+    kind = "ctrl" if config.get("control") else ""
+    return f"{dataset_name}_k{config['k']}{kind}_{size_label}_s{config['seed']}_{identity[:8]}"
+
+
+# -----------------------------------------------------------------------------
+# one process per run folder, and nothing left running when a sweep dies
+
+def lock_folder(folder, what):
+    """
+    Hold an exclusive lock on a run folder for this process's life (the OS releases it when the
+    process dies, however it dies). A second holder gets one line naming the PID that holds it.
+    Returns the open lock file; keep a reference to it.
+    """
+    import fcntl
+    os.makedirs(folder, exist_ok=True)
+    handle = open(os.path.join(folder, ".lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"{folder} is in use by another process ({holder}); wait for it to finish "
+                        f"or stop it, then run this again")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"PID {os.getpid()}, {what}")
+    handle.flush()
+    return handle
+
+
+def stop_with_sweep():
+    """
+    Under sweep.sh (which exports SWEEP_PID), end this process when the sweep is gone, however
+    it died (kill -9 included), as SIGTERM: train.py then saves a checkpoint and exits, and a
+    restarted sweep never races a trainer the old one left behind.
+    """
+    pid = int(os.environ.get("SWEEP_PID", "0") or 0)
+    if not pid:
+        return
+
+    def watch():
+        while process_alive(pid):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True, name="stop-with-sweep").start()
+
+
+def process_alive(pid):
+    """Whether a process runs. A killed process whose parent has not reaped it yet (a zombie,
+    which a container's PID 1 may never reap) has stopped running: it counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:                          # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: loaded as tensors and numbers only, never as code
+
+def load_checkpoint(path, mmap=False):
+    """
+    torch.load with weights_only=True: a checkpoint copied from someone else cannot run code
+    here. A file that is not a checkpoint, or is cut short, is one line that says what to do.
+    mmap=True reads only what is used (the step, say) of a large file.
+    """
+    import pickle
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise UserError(f"refusing to load {path}: it holds objects other than tensors and numbers "
+                        f"(a checkpoint made by train.py never does; {first}); delete it if you "
+                        f"do not trust where it came from")
+    except Exception as e:
+        raise UserError(f"{path} is damaged or not a checkpoint ({type(e).__name__}); delete it "
+                        f"(`rm {path}`) and run the same command to restart this run from step 0")

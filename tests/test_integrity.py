@@ -1,0 +1,193 @@
+"""
+Run integrity: every number in a run folder comes from the command that claims it. One identity
+decides what is the same run; one process at a time per folder; checkpoints load as tensors only;
+damaged files are named; bad values are one line.
+"""
+import contextlib
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import evaluate
+import train
+from configurator import UserError
+from conftest import ROOT, make_synthetic
+from runs import FILE_MODE
+
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",
+        "--warmup_iters=2", "--log_interval=2", "--eval_interval=50", "--val_windows=8", "--ckpt_interval=4",
+        "--token_budget=2000", "--epochs=2", "--k=2"]
+
+
+def train_run(data_dir, out_root, *extra, capsys=None):
+    """Train (or find finished) a run; returns (its folder, what train.py printed)."""
+    if capsys:
+        capsys.readouterr()
+    train.main([f"--data_dir={data_dir}", f"--out_root={out_root}", *TINY, *extra])
+    printed = capsys.readouterr().out if capsys else ""
+    folder = train_dir(data_dir, out_root, *extra)
+    return folder, printed
+
+
+def train_dir(data_dir, out_root, *extra):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        train.main([f"--data_dir={data_dir}", f"--out_root={out_root}", *TINY, *extra, "--print_run_dir"])
+    return printed.getvalue().strip()
+
+
+def test_identity_decides_what_is_the_same_run(tiny_synthetic, tmp_path, capsys):
+    first, _ = train_run(tiny_synthetic, tmp_path, capsys=capsys)
+    # settings that change only speed or logging are the same run: nothing to do
+    again, printed = train_run(tiny_synthetic, tmp_path, "--log_interval=3", "--ckpt_interval=7",
+                               "--cpu_threads=2", capsys=capsys)
+    assert again == first and "already finished" in printed
+    # anything that changes the numbers is another run, in its own folder beside the first
+    for change in ("--epochs=3", "--learning_rate=2e-3", "--dropout=0.1", "--n_head=1"):
+        other, printed = train_run(tiny_synthetic, tmp_path, change, capsys=capsys)
+        assert other != first and "already finished" not in printed
+    names = sorted(os.path.basename(p) for p in glob.glob(f"{tmp_path}/synthetic_k2_*"))
+    assert len(names) == 5 and sum(n.startswith("synthetic_k2_1L-16d-2h_s1337_") for n in names) == 4
+
+
+def test_an_identical_rebuild_of_the_data_keeps_runs_valid_and_another_build_does_not(tmp_path, capsys):
+    data = make_synthetic(tmp_path / "synthetic")
+    run, _ = train_run(data, tmp_path / "out", capsys=capsys)
+    make_synthetic(tmp_path / "synthetic", "--force")                     # the same bytes again
+    again, printed = train_run(data, tmp_path / "out", capsys=capsys)
+    assert again == run and "already finished" in printed
+    evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    make_synthetic(tmp_path / "synthetic", "--force", "--seed=8")         # other data
+    with pytest.raises(UserError, match="another build"):
+        evaluate.main([run, "--eval_windows=20", "--device=cpu", "--force"])
+    assert train_dir(data, tmp_path / "out") != run                       # a new run, a new folder
+
+
+def test_two_processes_never_share_a_run_folder(tiny_synthetic, tmp_path):
+    args = [f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}", *TINY, "--epochs=100", "--eval_interval=1"]
+    first = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    folder = train_dir(tiny_synthetic, tmp_path, "--epochs=100", "--eval_interval=1")
+    deadline = time.time() + 60
+    while not os.path.exists(os.path.join(folder, "log.jsonl")) and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        for cmd in (["train.py", *args], ["evaluate.py", folder]):
+            second = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            lines = second.stderr.strip().splitlines()
+            assert second.returncode == 2 and len(lines) == 1, second.stderr
+            assert f"in use by another process (PID {first.pid}, train.py)" in lines[0]
+    finally:
+        first.terminate()
+        first.communicate(timeout=60)
+
+
+class Payload:
+    """What a crafted checkpoint could smuggle in: unpickling it would create a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_and_runs_nothing(tiny_synthetic, tmp_path):
+    run, _ = train_run(tiny_synthetic, tmp_path)
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(os.path.join(run, "ckpt.pt"), weights_only=True)
+    ckpt["extra"] = Payload(str(marker))
+    torch.save(ckpt, os.path.join(run, "ckpt.pt"))
+    with pytest.raises(UserError, match="refusing to load .*ckpt.pt"):
+        evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    os.remove(os.path.join(run, "done"))
+    with pytest.raises(UserError, match="refusing to load .*ckpt.pt"):
+        train_run(tiny_synthetic, tmp_path)
+    assert not marker.exists()
+
+
+def test_a_damaged_checkpoint_names_the_file_and_the_command(tiny_synthetic, tmp_path):
+    run, _ = train_run(tiny_synthetic, tmp_path)
+    os.remove(os.path.join(run, "done"))
+    path = os.path.join(run, "ckpt.pt")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(UserError, match=f"{path} is damaged .*rm {path}"):
+        train_run(tiny_synthetic, tmp_path)
+    os.remove(path)
+    train_run(tiny_synthetic, tmp_path)                                  # restarted from step 0
+    assert json.load(open(os.path.join(run, "done")))["steps"] == 10
+
+
+def test_another_runs_checkpoint_is_refused_without_config_json(tiny_synthetic, tmp_path):
+    mine, _ = train_run(tiny_synthetic, tmp_path)
+    theirs, _ = train_run(tiny_synthetic, tmp_path, "--learning_rate=3e-3")
+    for name in ("config.json", "done", "ckpt.pt"):
+        os.remove(os.path.join(mine, name))
+    os.link(os.path.join(theirs, "ckpt.pt"), os.path.join(mine, "ckpt.pt"))   # a stranger's file
+    with pytest.raises(UserError, match="belongs to another run"):
+        train_run(tiny_synthetic, tmp_path)
+
+
+def test_a_done_marker_that_the_checkpoint_contradicts_is_not_trusted(tiny_synthetic, tmp_path, capsys):
+    run, _ = train_run(tiny_synthetic, tmp_path)
+    path = os.path.join(run, "ckpt.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["step"] = 8                       # a race's leftover: `done` says 10 steps, the weights say 8
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match="not the finished run"):
+        evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    _, printed = train_run(tiny_synthetic, tmp_path, capsys=capsys)
+    assert "already finished" not in printed and "resuming" in printed
+    assert torch.load(path, weights_only=True)["step"] == 10
+    evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+
+
+def test_run_files_follow_the_umask(tiny_synthetic, tmp_path):
+    run, _ = train_run(tiny_synthetic, tmp_path)
+    evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    for name in ("config.json", "log.jsonl", "ckpt.pt", "done", "eval.json", "eval.npz"):
+        assert os.stat(os.path.join(run, name)).st_mode & 0o777 == FILE_MODE, name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dropout=1.5"], "dropout=1.5: use 0 <= dropout < 1"),
+    (["--seed=-1"], "seed=-1: use a seed >= 0"),
+    (["--weights=1,nan"], "finite positive numbers"),
+    (["--weights=1,inf"], "finite positive numbers"),
+    (["--token_budget=1"], "less than one step"),
+    (["--k=3", "--components=chain1"], "k=3 but components names 1"),
+    (["--control=True", "--k=1"], "control=True mirrors a mixture of K >= 2"),
+    (["--epochs=0"], "epochs=0"),
+])
+def test_bad_values_are_one_line(tiny_synthetic, tmp_path, args, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        train.main([f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}", *TINY, *args])
+    assert "\n" not in str(e.value)
+    assert not os.listdir(tmp_path)                                      # nothing written
+
+
+def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_path):
+    from data import Dataset
+    from mixture import Mixture, resolve_mixture
+    mix, _ = train_run(tiny_synthetic, tmp_path, "--k=3")
+    ctrl, _ = train_run(tiny_synthetic, tmp_path, "--k=3", "--control=True")
+    mix_config, ctrl_config = (json.load(open(os.path.join(r, "config.json"))) for r in (mix, ctrl))
+    first = mix_config["config"]["components"][0]
+    assert ctrl_config["mixture"]["tokens"] == {first: mix_config["mixture"]["tokens"][first]}
+    assert ctrl_config["schedule"]["epochs"] == 3 * mix_config["schedule"]["epochs"]
+    assert abs(ctrl_config["schedule"]["steps"] - mix_config["schedule"]["steps"]) <= ctrl_config["schedule"]["epochs"]
+    # token for token: the control's buffer is the mixture's first component's documents
+    ds = Dataset(tiny_synthetic)
+    names, quotas, _ = resolve_mixture(ds, train.SimpleNamespace(components=[], k=3, weights=[], token_budget=2000))
+    whole, share = Mixture(ds, names, quotas, seed=1337), Mixture(ds, names[:1], quotas[:1], seed=1337)
+    docs = [whole.tokens[s:e].tolist() for s, e, c in zip(whole.doc_start, whole.doc_end, whole.doc_comp) if c == 0]
+    assert docs == [share.tokens[s:e].tolist() for s, e in zip(share.doc_start, share.doc_end)]
+    assert "ctrl" in os.path.basename(ctrl) and "ctrl" not in os.path.basename(mix)
