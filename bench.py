@@ -99,7 +99,8 @@ def cpu_name():
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
         info = {k.strip(): v.strip() for k, v in info.items()}
-        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
+                f"model {info.get('model', '?')})")
     return platform.processor() or platform.machine()
 
 
@@ -262,7 +263,8 @@ def full_corpus_estimate(cfg, st, best, threads, n_tokens):
           f"and the pool draining at the end of each split)\n")
     print(table(["stage", "runs on", "seconds"], [
         ["load_dataset (parquet -> Arrow cache, cold)", "main thread, before the rest", f"{st['load']:.2f}"],
-        [f"read: ds.iter(batch_size={prepare.batch_docs}) -> (category, text)", "main thread", f"{st['read']:.2f}"],
+        [f"read: ds.iter(batch_size={prepare.batch_docs}) -> (category, text)", "main thread",
+         f"{st['read']:.2f}"],
         ["encode: encode_to_numpy + EOT + uint16", "pool (timed on 1 thread)", f"{st['encode']:.2f}"],
         ["write: SplitWriter.add", "main thread", f"{st['write']:.2f}"]]))
     scale = cfg.full_corpus_tokens / n_tokens
@@ -549,7 +551,8 @@ def bench_estimate(cfg):
         run_config, vocab = size_config(size)
         model = GPT(GPTConfig.from_run(run_config, vocab))
         flops += model.flops_per_token() * budget * run_config["epochs"] * n_runs
-    print(f"no GPU visible: the arXiv sweep ({n_runs * len(cfg.sizes or ['small'])} runs, {budget:,} tokens x "
+    total_runs = n_runs * len(cfg.sizes or ["small"])
+    print(f"no GPU visible: the arXiv sweep ({total_runs} runs, {budget:,} tokens x "
           f"{run_config['epochs']} epochs each) would take about {flops / cfg.cpu_flops / 86400:.0f} days on "
           f"this CPU.\nRun `bash sweep.sh synthetic` for the CPU-sized experiment, or FORCE_CPU=1 bash "
           f"sweep.sh to insist.")
@@ -614,7 +617,8 @@ def bench_data(cfg, work):
     loaders = {
         "nanoGPT-style: per-window memmap slices + torch.stack (baseline)": nanogpt,
         "nanoGPT get_batch as written (memmap reopened, x and y stacked apart)": nanogpt_as_written,
-        "data.gather_windows on the memmap": lambda ix: tuple(map(torch.from_numpy, gather_windows(mm, ix, full))),
+        "data.gather_windows on the memmap":
+            lambda ix: tuple(map(torch.from_numpy, gather_windows(mm, ix, full))),
         "train.WindowSource, host gather (on_device=False; train.py on CPU)": lambda ix: host.batch(ix, full),
         "train.WindowSource, torch gather (on_device=True, CPU tensor)": lambda ix: tensor.batch(ix, full),
     }
@@ -635,7 +639,8 @@ def bench_data(cfg, work):
                 times[name].append((time.perf_counter() - t0) / len(plans))
     best = {k: float(np.min(v)) for k, v in times.items()}
     median = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"\n### data: {cfg.data_batch} windows of {WINDOW} tokens per batch from {cfg.data_tokens / 1e6:.0f}M "
+    print(f"\n### data: {cfg.data_batch} windows of {WINDOW} tokens per batch from "
+          f"{cfg.data_tokens / 1e6:.0f}M "
           f"uint16 tokens; {cfg.data_rounds} rounds x {cfg.data_iters} batches per loader; identical "
           f"outputs checked\n")
     print(table(["loader", "us/batch (best round)", "us/batch (median round)", "speedup (best)",

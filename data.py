@@ -46,7 +46,8 @@ def content_fingerprint(data_dir, meta):
     for comp in sorted(meta["splits"]):
         for split in sorted(meta["splits"][comp]):
             for ext in ("bin", "idx"):
-                h.update(f"{comp}/{split}.{ext}:{file_sha(os.path.join(data_dir, comp, f'{split}.{ext}'))}".encode())
+                name = f"{comp}/{split}.{ext}"
+                h.update(f"{name}:{file_sha(os.path.join(data_dir, name))}".encode())
     chains = os.path.join(data_dir, "chains.npz")
     if os.path.exists(chains):                  # its zip header carries a time: hash the arrays
         with np.load(chains) as z:

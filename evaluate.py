@@ -211,7 +211,8 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
         result["learner_alpha"] = {n: float(a) for n, a in zip(names, alphas)}
     write_json(eval_json, result)
     own = np.mean([categories[n]["xe_mean"] for n in names])
-    print(f"{run_dir}: K={config['k']}{' control' if result['control'] else ''} XE over its own components {own:.4f} nats "
+    kind = " control" if result["control"] else ""
+    print(f"{run_dir}: K={config['k']}{kind} XE over its own components {own:.4f} nats "
           f"({own / LN2:.4f} bits), {len(categories)} categories x {cfg.eval_windows} windows "
           f"in {time.time() - t0:.1f}s")
     return result

@@ -133,7 +133,8 @@ class GPT(nn.Module):
     def _init_weights(self, module):
         # GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)
         if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_scaled", False) else 0.02
+            residual = getattr(module, "residual_scaled", False)
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if residual else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -434,8 +434,10 @@ def main(argv):
         try:
             Dataset(final)
         except UserError as e:
-            raise UserError(f"{final} holds a damaged dataset ({str(e).split(';')[0]}); rebuild it with {rebuild}")
-        raise UserError(f"{final} already holds a complete dataset; use it as it is, or rebuild it with {rebuild}")
+            raise UserError(f"{final} holds a damaged dataset ({str(e).split(';')[0]}); rebuild it "
+                            f"with {rebuild}")
+        raise UserError(f"{final} already holds a complete dataset; use it as it is, or rebuild it "
+                        f"with {rebuild}")
     if os.path.exists(final) and not os.path.exists(os.path.join(final, "meta.json")) and \
             not (os.path.isdir(final) and not os.listdir(final)):
         # replacing it would delete files that are not ours (e.g. --data_dir=data: every dataset)

@@ -144,7 +144,8 @@ def satterthwaite(pieces):
         return total, np.where(np.asarray(total) > 0, float(pieces[0][1]), np.inf)
     denominator = sum(np.asarray(v) ** 2 / df for v, df in pieces)
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(denominator > 0, np.asarray(total) ** 2 / np.where(denominator > 0, denominator, 1), np.inf)
+        safe = np.where(denominator > 0, denominator, 1)
+        df = np.where(denominator > 0, np.asarray(total) ** 2 / safe, np.inf)
     return total, df
 
 
@@ -156,7 +157,8 @@ def combine_terms(pieces):
     The one rule for intervals of means and differences and for refitted laws alike.
     """
     seeds = [(v, df) for source, df, sign, v in pieces if source.startswith("seeds")]
-    documents = [(sign * np.asarray(v), df) for source, df, sign, v in pieces if not source.startswith("seeds")]
+    documents = [(sign * np.asarray(v), df) for source, df, sign, v in pieces
+                 if not source.startswith("seeds")]
     if not (seeds and documents):
         return satterthwaite(seeds + documents)
     together, alone = satterthwaite(seeds + documents), satterthwaite(seeds)
@@ -233,7 +235,8 @@ def crossed_mean(values, docs, level=LEVEL):
 
 
 def crossed_paired_difference(a, b, docs, level=LEVEL):
-    """Paired a - b of window values (S_a, N[, P]) and (S_b, N[, P]) on the same windows; see difference_interval."""
+    """Paired a - b of window values (S_a, N[, P]) and (S_b, N[, P]) on the same windows;
+    see difference_interval."""
     return difference_interval(document_means(a, docs), document_means(b, docs), level)
 
 
@@ -369,7 +372,8 @@ POWER_BETA_BOUNDS = (-4.0, 4.0)  # exponent beta of the late-position power law 
 
 
 def log_decay(log_t, c):
-    """(1 - t^-c) / c from ln t, and its c -> 0 limit ln t (expm1 keeps small c accurate); broadcasts like growth."""
+    """(1 - t^-c) / c from ln t, and its c -> 0 limit ln t (expm1 keeps small c accurate);
+    broadcasts like growth."""
     c = np.asarray(c, dtype=float)
     small = np.abs(c) < 1e-12
     safe = np.where(small, 1.0, c)
@@ -496,14 +500,16 @@ def resampled_intervals(fit, blocks, refit, covers, level=LEVEL):
         params = np.asarray(refit(data), dtype=float)
         params = params[np.all(np.isfinite(params), axis=1)]
         block_covariances.append((source, block_df, sign, np.atleast_2d(np.cov(params, rowvar=False))))
-    fit["covers"], fit["interval"] = covers, f"refitted on {len(blocks[0][3]) if blocks else 0} replicates per source"
+    n_replicates = len(blocks[0][3]) if blocks else 0
+    fit["covers"], fit["interval"] = covers, f"refitted on {n_replicates} replicates per source"
     fit["cov"] = sum(sign * cov for _, _, sign, cov in block_covariances) if block_covariances else None
     for i, (name, p) in enumerate(fit["params"].items()):
         p["ci95_fit_covariance"] = list(p["ci95"])          # kept for comparison (fit_coverage)
         if not block_covariances:
             p.update(se=math.nan, df=math.nan, ci95=[math.nan, math.nan])
             continue
-        variance, df = combine_terms([(src, bdf, sign, cov[i, i]) for src, bdf, sign, cov in block_covariances])
+        variance, df = combine_terms([(src, bdf, sign, cov[i, i])
+                                      for src, bdf, sign, cov in block_covariances])
         se, quantile = math.sqrt(max(float(variance), 0.0)), float(scipy_stats.t.ppf(0.5 + level / 2, df))
         p.update(se=se, df=float(df), ci95=[p["value"] - quantile * se, p["value"] + quantile * se])
     return block_covariances
@@ -624,10 +630,12 @@ def _best_position_fit(xe_t, sigma):
         design = np.stack([np.ones_like(log_t), -log_decay(log_t, c)], axis=1)
         (x1, d), *_ = np.linalg.lstsq(design * weight[:, None], xe_t * weight, rcond=None)
         fit = fit_law(position_law, t, xe_t, p0=[x1, d, c], sigma=sigma,
-                      bounds=([-np.inf, -np.inf, POSITION_C_BOUNDS[0]], [np.inf, np.inf, POSITION_C_BOUNDS[1]]))
+                      bounds=([-np.inf, -np.inf, POSITION_C_BOUNDS[0]],
+                              [np.inf, np.inf, POSITION_C_BOUNDS[1]]))
         if "error" in fit:
             continue
-        chi2 = float(np.sum((weight * (xe_t - position_law(t, *(p["value"] for p in fit["params"].values())))) ** 2))
+        fitted = position_law(t, *(p["value"] for p in fit["params"].values()))
+        chi2 = float(np.sum((weight * (xe_t - fitted)) ** 2))
         if best is None or chi2 < best_chi2 * (1 - 1e-9):
             best, best_chi2 = fit, chi2
     return best or fit
@@ -651,12 +659,14 @@ def fit_position_curve(xe_t, se_t=None, replicates=None):
     block_covariances = None
     if replicates is not None:
         covers, blocks = replicates
-        block_covariances = resampled_intervals(best, blocks, lambda data: refit_position_curve(data, sigma), covers)
+        block_covariances = resampled_intervals(best, blocks, lambda data: refit_position_curve(data, sigma),
+                                                covers)
     lower, upper = POSITION_C_BOUNDS
     best["form"] = "XE(t) = x1 - d (1 - t^-c) / c; c -> 0: x1 - d ln t; asymptote a = x1 - d / c when c > 0"
     best["c_bounds"] = list(POSITION_C_BOUNDS)
     exponent = best["params"]["c"]
-    best["asymptote"] = bool(best["cov"] is not None and np.isfinite(exponent["se"]) and exponent["ci95"][0] > 0)
+    best["asymptote"] = bool(best["cov"] is not None and np.isfinite(exponent["se"])
+                             and exponent["ci95"][0] > 0)
     exponent["ci95"] = [float(np.clip(v, lower, upper)) if np.isfinite(v) else v for v in exponent["ci95"]]
     exponent["at_bound"] = bool(min(abs(exponent["value"] - lower), abs(exponent["value"] - upper)) < 1e-6)
     x1, d, c = (best["params"][n]["value"] for n in ("x1", "d", "c"))
@@ -674,7 +684,8 @@ def replicate_data(replicates, base, cell_index):
     """
     covers, blocks = replicates
     base = np.asarray(base, dtype=float)
-    return covers, [(source, df, sign, base[None] + deltas[:, cell_index]) for source, df, sign, deltas in blocks]
+    return covers, [(source, df, sign, base[None] + deltas[:, cell_index])
+                    for source, df, sign, deltas in blocks]
 
 
 def run_level_replicates(cells, points, n_rep=400, seed=0):
@@ -752,7 +763,8 @@ def seed_t_bounds(sides, docs, n_boot=None, seed=None):
     pieces = []
     for values, sign in sides:
         per_seed = np.asarray(values, dtype=float).mean(axis=1)
-        pieces.append((sign * per_seed.mean(axis=0), per_seed.var(axis=0, ddof=1) / len(per_seed), len(per_seed) - 1))
+        pieces.append((sign * per_seed.mean(axis=0), per_seed.var(axis=0, ddof=1) / len(per_seed),
+                       len(per_seed) - 1))
     estimate = sum(p[0] for p in pieces)
     variance, df = satterthwaite([(p[1], p[2]) for p in pieces])
     half = scipy_stats.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(variance)
@@ -800,9 +812,11 @@ def coverage_table(methods=None, regimes=None, seed_counts=(2, 3, 5), replicates
 
 
 def markdown_table(rows):
-    """Rows of coverage_table as markdown: one line per regime x statistic x seeds, 'coverage (width)' per method."""
+    """Rows of coverage_table as markdown: one line per regime x statistic x seeds,
+    'coverage (width)' per method."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| regime | statistic | seeds | " + " | ".join(methods) + " |", "|---" * (3 + len(methods)) + "|"]
+    lines = ["| regime | statistic | seeds | " + " | ".join(methods) + " |",
+             "|---" * (3 + len(methods)) + "|"]
     cells = {}
     for r in rows:
         cells.setdefault((r["regime"], r["statistic"], r["n_seeds"]), {})[r["method"]] = r
@@ -915,7 +929,8 @@ def fit_coverage(regimes=None, n_seeds=3, replicates=200, n_rep=300, seed=0):
 
 def fit_markdown_table(rows):
     """Rows of fit_coverage as markdown: coverage of the refitted and of the covariance intervals."""
-    lines = ["| regime | law | parameter | refitted (chosen) | fit covariance (previous) |", "|---|---|---|---|---|"]
+    lines = ["| regime | law | parameter | refitted (chosen) | fit covariance (previous) |",
+             "|---|---|---|---|---|"]
     lines += [f"| {r['regime']} | {r['law']} | {r['parameter']} | {r['coverage_refit']:.3f} | "
               f"{r['coverage_fit_covariance']:.3f} |" for r in rows]
     return "\n".join(lines)

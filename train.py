@@ -235,7 +235,8 @@ def distributed_setup(cfg):
         return resolve_device(cfg.device), 0, 1
     use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
     torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if use_cuda else torch.device("cpu")
+    local = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    device = torch.device(local if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
     return device, rank, world
@@ -246,7 +247,8 @@ def resolve_run(dataset, cfg):
     names, quotas, weights = resolve_mixture(dataset, cfg)
     cfg.components, cfg.k, cfg.weights, cfg.token_budget = names, len(names), weights, sum(quotas)
     cfg.identity = run_identity(vars(cfg), dataset.fingerprint)
-    cfg.run_name = cfg.run_name or default_run_name(vars(cfg), dataset.name, cfg.identity, size_label(vars(cfg)))
+    cfg.run_name = cfg.run_name or default_run_name(vars(cfg), dataset.name, cfg.identity,
+                                                    size_label(vars(cfg)))
     cfg.out_dir = cfg.out_dir or os.path.join(cfg.out_root, cfg.run_name)
     return SimpleNamespace(**{f: os.path.join(cfg.out_dir, name) for f, name in
                               (("config", "config.json"), ("log", "log.jsonl"), ("ckpt", "ckpt.pt"),
@@ -313,7 +315,8 @@ def write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, w
         "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
                     "fingerprint": dataset.fingerprint,
                     "default_budget": dataset.n_tokens(dataset.default_order[0], "train")},
-        "runtime": {"device": str(device), "world_size": world, "compiled": resolve_switch(cfg.compile, device),
+        "runtime": {"device": str(device), "world_size": world,
+                    "compiled": resolve_switch(cfg.compile, device),
                     "dtype": resolve_dtype(cfg.dtype, device),
                     "fused_adamw": resolve_switch(cfg.fused_adamw, device),
                     "data_on_device": device.type == "cuda" and cfg.gpu_resident},
@@ -349,10 +352,12 @@ def announce(run, mixture, resume):
         run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
     what = (f"control of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if cfg.control
             else f"K={cfg.k} ({', '.join(cfg.components)})")
-    run.log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({', '.join(f'{q:,}' for q in run.share.quotas)}), "
+    quotas = ", ".join(f"{q:,}" for q in run.share.quotas)
+    run.log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({quotas}), "
             f"{run.share.epochs} epochs = {run.total_steps:,} steps of ~{cfg.batch_size} windows; model "
             f"{size_label(vars(cfg))} with {run.raw_model.n_params() / 1e6:.2f}M params; {device} "
-            f"({'compiled' if resolve_switch(cfg.compile, device) else 'eager'}, {resolve_dtype(cfg.dtype, device)}"
+            f"({'compiled' if resolve_switch(cfg.compile, device) else 'eager'}, "
+            f"{resolve_dtype(cfg.dtype, device)}"
             f"{', fused AdamW' if resolve_switch(cfg.fused_adamw, device) else ''}); data "
             f"{'on device' if run.source.on_device else 'gathered on host'}")
 
@@ -378,7 +383,8 @@ class RunLog:
         self.file.flush()
         self.run.log(line)
         if self.wandb:
-            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+            self.wandb.log(numbers, step=record["step"])
 
     def close(self, finished):
         if self.file:
@@ -400,10 +406,10 @@ def progress(run, meter, times, epoch, loss, lr):
     meter.tokens, meter.since = 0, now
     record = {"kind": "train", "step": state.step, "epoch": epoch, "loss": round(loss, 6), "lr": lr,
               "tokens": int(state.tokens_seen.sum()), "tok_per_s": round(tok_per_s), "mfu": round(mfu, 4),
-              "step_ms": round(step_ms, 3), "data_ms": round(data_ms, 3), "elapsed": round(now - meter.start, 2),
-              **memory}
-    line = (f"step {state.step:>6}/{run.total_steps} | epoch {epoch + 1}/{run.share.epochs} | loss {loss:.4f} | "
-            f"lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | data "
+              "step_ms": round(step_ms, 3), "data_ms": round(data_ms, 3),
+              "elapsed": round(now - meter.start, 2), **memory}
+    line = (f"step {state.step:>6}/{run.total_steps} | epoch {epoch + 1}/{run.share.epochs} | "
+            f"loss {loss:.4f} | lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | data "
             f"{100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {_duration(eta)}"
             + (f" | {memory['peak_mem_gb']:.1f} GB" if memory else ""))
     return record, line
@@ -414,7 +420,8 @@ def validate(run):
     mean = float(np.mean(list(val.values())))
     record = {"kind": "val", "step": run.state.step, "tokens": int(run.state.tokens_seen.sum()),
               "val_loss": round(mean, 6), "val_loss_per_component": {k: round(v, 6) for k, v in val.items()}}
-    return record, f"step {run.state.step:>6}: val loss {mean:.4f} (" + ", ".join(f"{k} {v:.3f}" for k, v in val.items()) + ")"
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in val.items())
+    return record, f"step {run.state.step:>6}: val loss {mean:.4f} ({parts})"
 
 
 def checked_loss(run, loss, lr, check_weights):
@@ -466,7 +473,8 @@ def train_loop(run):
                 group["lr"] = lr
             # the step's mean over all its targets, across ranks (DDP averages gradients)
             total_targets = int(n_targets.sum())
-            loss = train_step(run.model, run.optimizer, x, y, run.autocast, run.world / total_targets, cfg.grad_clip)
+            loss = train_step(run.model, run.optimizer, x, y, run.autocast, run.world / total_targets,
+                              cfg.grad_clip)
             t_end = clock.mark()
             state.step += 1
             np.add.at(state.tokens_seen, comp[comp >= 0], n_targets[comp >= 0])
@@ -485,7 +493,8 @@ def train_loop(run):
             if checkpoint_now and run.rank == 0:
                 save_checkpoint(cfg, run.paths, run.raw_model, run.optimizer, state, run.device)
             if stopping:
-                run.log(f"stopped by signal at step {state.step:,}; checkpoint saved; run the same command to resume")
+                run.log(f"stopped by signal at step {state.step:,}; checkpoint saved; run the same "
+                        f"command to resume")
                 raise SystemExit(130 if stop["signal"] == signal.SIGINT else 143)
     finally:
         for s, handler in handlers.items():
@@ -500,7 +509,8 @@ def finish(run):
                "tokens_per_component": dict(zip(run.share.components, run.state.tokens_seen.tolist())),
                "final_val_loss": val[-1]["val_loss"] if val else None}
     write_json(run.paths.done, summary)
-    run.log(f"done: {run.cfg.out_dir} ({summary['tokens']:,} tokens, val loss {summary['final_val_loss']:.4f})")
+    run.log(f"done: {run.cfg.out_dir} ({summary['tokens']:,} tokens, val loss "
+            f"{summary['final_val_loss']:.4f})")
 
 
 # -----------------------------------------------------------------------------
@@ -534,10 +544,12 @@ def main(argv):
     model, optimizer, state = build_model(cfg, len(share.components), dataset, device, paths)
     if master:
         write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, world, state.step)
-    run = SimpleNamespace(cfg=cfg, share=share, paths=paths, device=device, rank=rank, world=world, log=log,
-                          raw_model=model, optimizer=optimizer, state=state, plan=plan,
-                          total_steps=total_steps, autocast=autocast_for(device, resolve_dtype(cfg.dtype, device)),
-                          source=WindowSource(mixture.tokens, device, device.type == "cuda" and cfg.gpu_resident),
+    on_device = device.type == "cuda" and cfg.gpu_resident
+    run = SimpleNamespace(cfg=cfg, share=share, paths=paths, device=device, rank=rank, world=world,
+                          log=log, raw_model=model, optimizer=optimizer, state=state, plan=plan,
+                          total_steps=total_steps,
+                          autocast=autocast_for(device, resolve_dtype(cfg.dtype, device)),
+                          source=WindowSource(mixture.tokens, device, on_device),
                           val_windows=validation_windows(dataset, share.components, cfg.val_windows))
     run.model = torch.compile(model) if resolve_switch(cfg.compile, device) else model
     if world > 1:
