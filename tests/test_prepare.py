@@ -463,7 +463,7 @@ def test_hub_unreachable(tmp_path, monkeypatch, tiktoken_cache):
 
 
 @pytest.mark.parametrize("missing", ["text", "label"])
-def test_local_files_missing_a_column(tmp_path, missing):
+def test_local_files_missing_a_column(tmp_path, tiktoken_cache, missing):
     import datasets
     src = tmp_path / "src"
     src.mkdir()
