@@ -121,10 +121,7 @@ class Curve:
     xe_t: Interval
     position_fit: dict
     excess_t: Interval = None
-    bayes_t: list = None
-    oracle_t: list = None
-    learner_t: list = None
-    learner1_t: list = None
+    references: dict = field(default_factory=dict)   # "bayes", "oracle", "learner", "learner1" -> XE(t)
 
 
 @dataclass
@@ -562,7 +559,7 @@ def first_curves(losses, docs, n_boot, boot_seed):
             curves[k].excess_t = Interval.of(difference_interval(means, model[ref]))
         for kind in REFERENCES:
             if losses[kind][k] is not None:
-                setattr(curves[k], f"{kind}_t", losses[kind][k].mean(axis=(0, 1)).tolist())
+                curves[k].references[kind] = losses[kind][k].mean(axis=(0, 1)).tolist()
     return curves
 
 

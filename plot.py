@@ -144,15 +144,15 @@ def figure_positions(a, results_dir):
         if curve.excess_t is not None:
             scopes |= band(ax_excess, curve.excess_t, colours[k], f"K={k} - K={a.reference_k}")
         for kind, style in REFERENCE_STYLES.items():
-            values, base = getattr(curve, f"{kind}_t"), getattr(ref, f"{kind}_t")
+            values, base = curve.references.get(kind), ref.references.get(kind)
             if values is not None:
                 ax.plot(POSITIONS, values, style, color=colours[k], lw=1)
             if values is not None and base is not None and curve.excess_t is not None:
                 ax_excess.plot(POSITIONS, np.subtract(values, base), style, color=colours[k], lw=1)
-    if ref.oracle_t is not None:
-        ax.plot(POSITIONS, ref.oracle_t, "k:", label="oracle")
+    if "oracle" in ref.references:
+        ax.plot(POSITIONS, ref.references["oracle"], "k:", label="oracle")
     for kind, style in REFERENCE_STYLES.items():                # a legend entry per reference's style
-        if getattr(ref, f"{kind}_t") is not None:
+        if kind in ref.references:
             ax.plot([], [], style, color="grey", lw=1, label=kind)
     ax.set(xscale="log", xlabel="position t (tokens of context)", ylabel="XE(t) (nats)",
            title=f"{a.first}: XE(t) per K")

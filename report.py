@@ -380,10 +380,10 @@ def decomposition_body(s):
 
 
 def area_caption(s):
-    a = s.analysis
-    return (f"A_K = sum over t = 1..100 of the paired excess XE_K(t) - XE_{a.reference_k}(t) on `{a.first}` "
-            f"against ln K; dashed: the identification bound y = ln K. Triangles: A_K minus 100 x the "
-            f"late-position excess, the part of the area that sits at early positions (identification).")
+    excess = f"XE_K(t) - XE_{s.analysis.reference_k}(t) on `{s.analysis.first}`"
+    return (f"A_K = sum over t = 1..100 of the paired excess {excess} against ln K; dashed: the "
+            "identification bound y = ln K. Triangles: A_K minus 100 x the late-position excess, the part "
+            "of the area that sits at early positions (identification).")
 
 
 def area_body(s):

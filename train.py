@@ -216,7 +216,8 @@ def read_config(argv):
               (0 <= cfg.dropout < 1, "dropout", "use 0 <= dropout < 1"),
               (cfg.token_budget >= 0, "token_budget", "use a positive number, or 0 for the default"),
               (cfg.n_embd % cfg.n_head == 0, "n_embd", f"must be a multiple of n_head={cfg.n_head}"),
-              (cfg.learning_rate > 0 and cfg.min_lr >= 0, "learning_rate", "use a positive rate")]
+              (cfg.learning_rate > 0 and cfg.min_lr >= 0, "learning_rate", "use a positive rate"),
+              (cfg.dtype in ("auto", "bfloat16", "float32"), "dtype", "use auto, bfloat16 or float32")]
     checks += [(getattr(cfg, key) >= 1, key, "must be a positive integer")
                for key in ("batch_size", "n_layer", "n_head", "n_embd", "log_interval",
                            "eval_interval", "ckpt_interval", "val_windows")]

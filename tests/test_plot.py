@@ -154,8 +154,9 @@ def test_learner_curves_on_synthetic_data(sweep):
     experiment, choice = analysis.choose_experiment(analysis.group_experiments(runs), "")
     a = analysis.analyse(experiment, experiment.runs[0].components[0], [], 20, 0)
     for k, curve in a.curves.items():
-        assert len(curve.learner_t) == len(curve.learner1_t) == len(curve.bayes_t) == BLOCK, k
-        assert np.mean(curve.oracle_t) <= np.mean(curve.learner1_t) <= np.mean(curve.learner_t) + 1e-9
+        refs = curve.references
+        assert len(refs["learner"]) == len(refs["learner1"]) == len(refs["bayes"]) == BLOCK, k
+        assert np.mean(refs["oracle"]) <= np.mean(refs["learner1"]) <= np.mean(refs["learner"]) + 1e-9
     assert a.decomposition.control_ks == [2, 3] and choice == "largest"
 
 

@@ -61,6 +61,9 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
             assert float(row["xe_mean"]) == pytest.approx(summary["categories"][row["category"]]["xe_mean"], rel=1e-4)
     report = open(f"{tmp}/results/REPORT.md").read()
     assert "all 2 runs trained on 3,000 tokens" in report
+    # the decomposition with the controls, the learner beside the model, a generated conclusion
+    assert "## Decomposition" in report and "learner1 - oracle" in report and "## Conclusion" in report
+    assert "dash-dot: the learner" in report
     for target in re.findall(r"\]\(([^)]+)\)", report):
         assert os.path.exists(os.path.join(tmp, "results", target)), target
     assert f"{tmp}/results/REPORT.md" in result.stdout

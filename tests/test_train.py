@@ -1,6 +1,7 @@
 """train.py: exact epochs, equal budgets across K, resume equivalence, DDP coverage, errors, learning."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -256,10 +257,19 @@ def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
     (["--token_budget=-5"], "token_budget=-5"),
     (["--device=gpu"], "device='gpu'"),
     (["--dtype=float16"], "use auto, bfloat16 or float32"),
+    (["--dropout=1.5"], "dropout=1.5: use 0 <= dropout < 1"),
+    (["--seed=-1"], "seed=-1: use a seed >= 0"),
+    (["--weights=1,nan", "--k=2"], "finite positive numbers"),
+    (["--weights=1,inf", "--k=2"], "finite positive numbers"),
+    (["--token_budget=1"], "less than one step"),
+    (["--k=3", "--components=chain1"], "k=3 but components names 1"),
+    (["--control=True", "--k=1"], "control=True mirrors a mixture of K >= 2"),
+    (["--epochs=0"], "epochs=0"),
 ])
 def test_bad_config_gives_one_clear_message(tiny_synthetic, tmp_path, args, message):
-    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+    with pytest.raises(UserError, match=re.escape(message)) as e:
         run_train(tiny_synthetic, tmp_path / "bad", *args)
+    assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "bad")   # nothing written
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):
