@@ -2,17 +2,19 @@
 Train one compact GPT on a mixture of K components under a fixed token budget.
 
     python train.py config/k4.py                          # arXiv, K = 4, default size
+    python train.py config/k4.py --control=True           # its data-matched K = 1 control
     python train.py config/synthetic.py --k=3 --seed=2    # synthetic chains, CPU, a minute
     torchrun --standalone --nproc_per_node=4 train.py config/k4.py    # several GPUs (DDP)
 
 The budget is split over the K components (budget/K tokens each, as a seeded random subset of
-whole documents); every epoch cuts that mixture into 101-token windows with a fresh random phase
-so that every token is a target exactly once, and every run with the same budget takes the same
-number of optimizer steps on the same number of tokens whatever K is.
+whole documents; mixture.py); every epoch cuts that mixture into 101-token windows with a fresh
+random phase so that every token is a target exactly once, and every run with the same budget
+takes the same number of optimizer steps on the same number of tokens whatever K is.
 
-A run folder out/<run_name>/ holds config.json, log.jsonl, ckpt.pt and, when finished, `done`.
-Kill it at any time: the same command resumes from the last checkpoint and ends bit-identically
-(on CPU) to an uninterrupted run.
+A run's folder, out/<dataset>_k<K>[ctrl]_<size>_s<seed>_<identity>/, holds config.json,
+log.jsonl, ckpt.pt and, when finished, `done`; the identity (runs.py) decides whether a folder
+holds this run. Kill it at any time: the same command resumes from the last checkpoint and ends
+bit-identically (on CPU) to an uninterrupted run; a finished run does nothing.
 """
 import importlib.util
 import json
