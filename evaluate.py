@@ -133,7 +133,7 @@ def load_run(run_dir, dataset_cache, device):
         raise UserError(f"{run_dir}'s checkpoint does not fit its config ({str(e).splitlines()[0][:120]}); "
                         f"train the run again")
     model.to(device).eval()
-    return saved, dataset, model, ckpt["step"]
+    return saved, done, dataset, model, ckpt["step"]
 
 
 def summarise(losses):
@@ -168,7 +168,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
         print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
         return previous
     t0 = time.time()
-    saved, dataset, model, step = load_run(run_dir, dataset_cache, device)
+    saved, done, dataset, model, step = load_run(run_dir, dataset_cache, device)
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
     names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
     chains = dataset.chains()
@@ -194,7 +194,6 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     with atomic_path(os.path.join(run_dir, "eval.npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-    done = read_json(os.path.join(run_dir, "done"))
     config = saved["config"]
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "identity": saved["identity"],
               "experiment": saved["experiment"], "dataset": dataset.name, "source": dataset.source,

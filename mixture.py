@@ -150,6 +150,11 @@ def training_share(dataset, cfg):
 # -----------------------------------------------------------------------------
 # the step plan: every epoch has the same number of steps, each with a fixed number of rows
 
+def steps_per_epoch(budget, batch_size):
+    """Steps an epoch takes: from the budget and batch size only, so every K takes the same."""
+    return math.ceil(budget / (batch_size * BLOCK))
+
+
 class StepPlan:
     """
     Splits an epoch's windows into steps_per_epoch steps of nearly equal size (they differ by
@@ -159,21 +164,22 @@ class StepPlan:
     """
 
     def __init__(self, mixture, batch_size, world):
-        self.steps_per_epoch = math.ceil(mixture.budget / (batch_size * BLOCK))
+        self.steps_per_epoch = steps_per_epoch(mixture.budget, batch_size)
         rows = math.ceil(mixture.max_windows() / self.steps_per_epoch)
         self.rows = world * math.ceil(rows / world)
         self.world = world
         self.mixture = mixture
-        self._epoch, self._windows = None, None
+        self._epoch, self._windows, self._bounds = None, None, None
 
     def step(self, seed, step):
         """The rows of a global step: (starts, n_targets, comp) arrays of length rows, and epoch."""
         epoch, j = divmod(step, self.steps_per_epoch)
-        if self._epoch != epoch:
+        if self._epoch != epoch:         # once an epoch: its windows, and where each step's begin
             self._epoch, self._windows = epoch, self.mixture.epoch_windows(seed, epoch)
+            n_windows = len(self._windows[0])
+            self._bounds = np.linspace(0, n_windows, self.steps_per_epoch + 1).round().astype(np.int64)
         starts, n_targets, comp = self._windows
-        bounds = np.linspace(0, len(starts), self.steps_per_epoch + 1).round().astype(np.int64)
-        lo, hi = bounds[j], bounds[j + 1]
+        lo, hi = self._bounds[j], self._bounds[j + 1]
         pad = self.rows - (hi - lo)
         return (np.concatenate([starts[lo:hi], np.zeros(pad, dtype=np.int64)]),
                 np.concatenate([n_targets[lo:hi], np.zeros(pad, dtype=np.int64)]),

@@ -29,7 +29,7 @@ import torch
 
 from configurator import UserError, config_defaults, configure, run_cli
 from data import BLOCK, WINDOW, Dataset, fixed_windows, gather_windows
-from mixture import Mixture, StepPlan, resolve_mixture, training_share
+from mixture import Mixture, StepPlan, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_switch)
 from runs import (atomic_path, experiment_identity, identity_config, load_checkpoint, lock_folder,
@@ -282,11 +282,19 @@ def check_folder(cfg, paths, total_steps):
     return False
 
 
-def build_model(cfg, n_components, dataset, device, paths):
+def resolve_runtime(cfg, device):
+    """How this process runs the model: the "auto" switches resolved for the device, once."""
+    return SimpleNamespace(compiled=resolve_switch(cfg.compile, device),
+                           dtype=resolve_dtype(cfg.dtype, device),
+                           fused_adamw=resolve_switch(cfg.fused_adamw, device),
+                           data_on_device=device.type == "cuda" and cfg.gpu_resident)
+
+
+def build_model(cfg, runtime, n_components, dataset, device, paths):
     """The model and optimizer, restored from the run's checkpoint when it has one."""
     model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size)).to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                          fused=resolve_switch(cfg.fused_adamw, device))
+                                          fused=runtime.fused_adamw)
     state = SimpleNamespace(step=0, tokens_seen=np.zeros(n_components, dtype=np.int64))
     if os.path.exists(paths.ckpt):
         ckpt = load_checkpoint(paths.ckpt)
@@ -302,7 +310,7 @@ def build_model(cfg, n_components, dataset, device, paths):
     return model, optimizer, state
 
 
-def write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, world, step):
+def write_run_config(cfg, runtime, share, paths, dataset, model, plan, mixture, device, world, step):
     """config.json (the folder explains itself) and the log cut back to the checkpoint's step."""
     config = {k: v for k, v in vars(cfg).items() if k != "identity"}      # what identity hashes
     write_json(paths.config, {
@@ -318,11 +326,7 @@ def write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, w
         "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
                     "fingerprint": dataset.fingerprint,
                     "default_budget": dataset.n_tokens(dataset.default_order[0], "train")},
-        "runtime": {"device": str(device), "world_size": world,
-                    "compiled": resolve_switch(cfg.compile, device),
-                    "dtype": resolve_dtype(cfg.dtype, device),
-                    "fused_adamw": resolve_switch(cfg.fused_adamw, device),
-                    "data_on_device": device.type == "cuda" and cfg.gpu_resident},
+        "runtime": {"device": str(device), "world_size": world, **vars(runtime)},
         "provenance": provenance()})
     kept = [r for r in read_log(paths.log) if r["step"] <= step]    # the resumed run rewrites the rest
     with atomic_path(paths.log) as tmp, open(tmp, "w") as f:
@@ -350,7 +354,7 @@ def validation_windows(dataset, names, n):
 
 
 def announce(run, mixture, resume):
-    cfg, device = run.cfg, run.device
+    cfg, device, runtime = run.cfg, run.device, run.runtime
     if resume:
         run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
     what = (f"control of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if cfg.control
@@ -359,10 +363,9 @@ def announce(run, mixture, resume):
     run.log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({quotas}), "
             f"{run.share.epochs} epochs = {run.total_steps:,} steps of ~{cfg.batch_size} windows; model "
             f"{size_label(vars(cfg))} with {run.raw_model.n_params() / 1e6:.2f}M params; {device} "
-            f"({'compiled' if resolve_switch(cfg.compile, device) else 'eager'}, "
-            f"{resolve_dtype(cfg.dtype, device)}"
-            f"{', fused AdamW' if resolve_switch(cfg.fused_adamw, device) else ''}); data "
-            f"{'on device' if run.source.on_device else 'gathered on host'}")
+            f"({'compiled' if runtime.compiled else 'eager'}, {runtime.dtype}"
+            f"{', fused AdamW' if runtime.fused_adamw else ''}); data "
+            f"{'on device' if runtime.data_on_device else 'gathered on host'}")
 
 
 class RunLog:
@@ -532,29 +535,28 @@ def main(argv):
         return
     stop_with_sweep()
     lock = lock_folder(cfg.out_dir, "train.py") if master else None     # noqa: F841 (held)
-    mixture = Mixture(dataset, share.components, share.quotas, cfg.seed)
-    plan = StepPlan(mixture, cfg.batch_size, world)
-    total_steps = share.epochs * plan.steps_per_epoch
+    total_steps = share.epochs * steps_per_epoch(sum(share.quotas), cfg.batch_size)
     if check_folder(cfg, paths, total_steps):
         log(f"{cfg.out_dir} is already finished; nothing to do (delete the folder to train it again)")
         return
+    mixture = Mixture(dataset, share.components, share.quotas, cfg.seed)
+    plan = StepPlan(mixture, cfg.batch_size, world)
 
     torch.manual_seed(cfg.seed)            # seeds for everything: CPU resumes are bit-identical
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, optimizer, state = build_model(cfg, len(share.components), dataset, device, paths)
+    runtime = resolve_runtime(cfg, device)
+    model, optimizer, state = build_model(cfg, runtime, len(share.components), dataset, device, paths)
     if master:
-        write_run_config(cfg, share, paths, dataset, model, plan, mixture, device, world, state.step)
-    on_device = device.type == "cuda" and cfg.gpu_resident
-    run = SimpleNamespace(cfg=cfg, share=share, paths=paths, device=device, rank=rank, world=world,
-                          log=log, raw_model=model, optimizer=optimizer, state=state, plan=plan,
-                          total_steps=total_steps,
-                          autocast=autocast_for(device, resolve_dtype(cfg.dtype, device)),
-                          source=WindowSource(mixture.tokens, device, on_device),
+        write_run_config(cfg, runtime, share, paths, dataset, model, plan, mixture, device, world, state.step)
+    run = SimpleNamespace(cfg=cfg, runtime=runtime, share=share, paths=paths, device=device, rank=rank,
+                          world=world, log=log, raw_model=model, optimizer=optimizer, state=state,
+                          plan=plan, total_steps=total_steps, autocast=autocast_for(device, runtime.dtype),
+                          source=WindowSource(mixture.tokens, device, runtime.data_on_device),
                           val_windows=validation_windows(dataset, share.components, cfg.val_windows))
-    run.model = torch.compile(model) if resolve_switch(cfg.compile, device) else model
+    run.model = torch.compile(model) if runtime.compiled else model
     if world > 1:
         run.model = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[device.index] if device.type == "cuda" else None)
