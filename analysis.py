@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from configurator import UserError, config_defaults, configure
+from configurator import UserError
 from data import BLOCK, EARLY, LATE
-from runs import DEFAULT_CONFIGS, experiment_config, experiment_identity, read_json, read_log
+from runs import (DEFAULT_CONFIGS, experiment_config, experiment_identity, read_json, read_log,
+                  train_defaults)
 from stats import (DocumentMeans, crossed_mean, crossed_variance, difference_interval, document_means,
                    fit_linear_in_log_k, fit_position_curve, fit_power_law, holm, interval_component,
                    mean_interval, curve_replicates, run_level_replicates, t_interval, trend_test)
@@ -44,9 +45,14 @@ class Run:
     seed = property(lambda self: self.eval["seed"])
     components = property(lambda self: list(self.eval["components"]))     # what it trained on
     control = property(lambda self: bool(self.eval.get("control")))
-    experiment = property(lambda self: self.eval["experiment"])
+    default_order = property(lambda self: self.config.get("dataset", {}).get("default_order"))
     source = property(lambda self: self.eval["source"])
     settings = property(lambda self: self.config.get("config", {}))      # train.py's resolved config
+
+    @property
+    def experiment(self):
+        """Its experiment's id, by runs.experiment_identity (the one definition) from config.json."""
+        return experiment_identity(self.settings, self.config["dataset"]["fingerprint"], self.default_order)
 
 
 @dataclass
@@ -58,7 +64,8 @@ class Experiment:
 
     @property
     def settings(self):
-        return experiment_config((self.runs or self.controls)[0].settings)
+        first = (self.runs or self.controls)[0]
+        return experiment_config(first.settings, first.default_order)
 
 
 # -----------------------------------------------------------------------------
@@ -179,6 +186,7 @@ class Decomposition:
     control_ks: list                # K values with controls on the first component
     ideal: list = field(default_factory=list)          # IdealParts per K and metric (synthetic)
     bayes_area: dict = field(default_factory=dict)     # K -> Interval of sum_t [bayes - oracle] (<= ln K)
+    learner_alpha: dict = field(default_factory=dict)  # chain -> (lowest, highest) fitted alpha over runs
 
 
 @dataclass
@@ -355,10 +363,9 @@ def group_experiments(runs):
 def default_experiment(run):
     """The experiment the current defaults make on this run's data: train.py's defaults with the
     source's default config files (runs.DEFAULT_CONFIGS, what `bash sweep.sh [synthetic]` runs)."""
-    import train
-    config = configure(config_defaults(vars(train)), DEFAULT_CONFIGS.get(run.source, []))
+    config = train_defaults(DEFAULT_CONFIGS.get(run.source, []))
     config["token_budget"] = config["token_budget"] or run.config["dataset"]["default_budget"]
-    return experiment_identity(config, run.config["dataset"]["fingerprint"])
+    return experiment_identity(config, run.config["dataset"]["fingerprint"], run.default_order)
 
 
 def choose_experiment(experiments, wanted):
@@ -542,7 +549,18 @@ def analyse(experiment, first, top5, n_boot, boot_seed):
         a.power_law = fit_power_law([k for k, s in first_view.items() for _ in s.run_xe_late], late_runs,
                                     replicates)
     a.decomposition = decompose(first, per_window, losses, by_k(experiment.controls), docs)
+    if a.decomposition is not None:
+        a.decomposition.learner_alpha = learner_alphas(experiment.runs + experiment.controls)
     return a
+
+
+def learner_alphas(runs):
+    """Each chain's Dirichlet prior fitted to a run's own counts (eval.json), as a range over runs."""
+    fitted = {}
+    for r in runs:
+        for chain, alpha in r.eval.get("learner_alpha", {}).items():
+            fitted.setdefault(chain, []).append(alpha)
+    return {chain: (min(a), max(a)) for chain, a in sorted(fitted.items())}
 
 
 def first_curves(losses, docs, n_boot, boot_seed):

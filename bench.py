@@ -40,7 +40,7 @@ import numpy as np
 
 from configurator import UserError, config_defaults, configure, run_cli
 from data import BLOCK, WINDOW, gather_windows
-from runs import write_json
+from runs import CONFIG_DIR, train_defaults, write_json
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
@@ -73,9 +73,10 @@ profile = ""                # size whose step is profiled (kernels by device tim
 sweep_runs = 27             # the GPU sweep's runs (5 K x 3 seeds + 4 controls x 3 seeds), for
 sweep_tokens = 200_000_000  # ... its cost at size small: each run's training tokens (50M x 4 epochs)
 # coverage: the intervals' coverage by simulation (stats.py's regimes)
-replicates = 0              # simulated experiments per cell (0: 10000; with fits, 200 sweeps)
+replicates = 10000          # simulated experiments per coverage cell (Monte Carlo error ~0.002)
 n_boot = 1000               # bootstrap draws of the baseline method
-fits = False                # also the fitted laws' intervals (several minutes)
+fits = False                # also the fitted laws' intervals (about 6 minutes on 2 cores)
+fit_sweeps = 400            # simulated sweeps per regime for the fits (Monte Carlo error ~0.011)
 n_rep = 300                 # refit replicates per source of chance, for the fits
 # estimate (sweep.sh asks for it before an arXiv sweep on a machine without a GPU)
 data_dir = "data/arxiv"     # its stats.json gives the budget (else ~50M tokens, the dataset card's)
@@ -311,16 +312,17 @@ def bench_prepare(cfg, work):
 def size_config(name):
     """A size as a run config: a config file's name (tiny, small, medium: config/<name>.py, read
     by train.py's own configurator) or '<L>L-<d>d-<h>h[-v<vocab>]'. Returns (config, vocab)."""
-    import train
-    defaults = config_defaults(vars(train))
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", f"{name}.py")
+    from model import GPTConfig
+    gpt2_vocab = GPTConfig.vocab_size
+    path = os.path.join(CONFIG_DIR, f"{name}.py")
     if os.path.isfile(path):
-        return configure(defaults, [path]), 50257
+        return train_defaults([path]), gpt2_vocab
     m = re.fullmatch(r"(\d+)L-(\d+)d-(\d+)h(?:-v(\d+))?", name)
     if not m:
         raise UserError(f"size '{name}': use a config name (tiny, small, medium) or "
                         f"'<L>L-<d>d-<h>h[-v<vocab>]' (e.g. 2L-64d-4h-v65)")
-    return dict(defaults, n_layer=int(m[1]), n_embd=int(m[2]), n_head=int(m[3])), int(m[4] or 50257)
+    return (dict(train_defaults(), n_layer=int(m[1]), n_embd=int(m[2]), n_head=int(m[3])),
+            int(m[4] or gpt2_vocab))
 
 
 class Clock:
@@ -523,7 +525,7 @@ def bench_coverage(cfg, work):
     """How often each interval method covers the truth, per regime x seeds (stats.coverage_table)."""
     import stats
     began = time.perf_counter()
-    rows = stats.coverage_table(replicates=cfg.replicates or 10000, n_boot=cfg.n_boot, seed=cfg.seed)
+    rows = stats.coverage_table(replicates=cfg.replicates, n_boot=cfg.n_boot, seed=cfg.seed)
     print(f"\n### coverage of 95% intervals: {rows[0]['replicates']} simulated experiments per row, "
           f"{cfg.n_boot} bootstrap draws for the baseline; cells: coverage (mean width, nats); "
           f"{time.perf_counter() - began:.0f} s\n")
@@ -531,7 +533,7 @@ def bench_coverage(cfg, work):
     result = {"coverage": rows}
     if cfg.fits:
         began = time.perf_counter()
-        result["fits"] = stats.fit_coverage(n_seeds=3, replicates=cfg.replicates or 200, n_rep=cfg.n_rep,
+        result["fits"] = stats.fit_coverage(n_seeds=3, replicates=cfg.fit_sweeps, n_rep=cfg.n_rep,
                                             seed=cfg.seed)
         print(f"\n### fitted laws: {result['fits'][0]['replicates']} simulated sweeps (K = 1..5, 3 seeds) "
               f"per regime, {cfg.n_rep} refit replicates per source; {time.perf_counter() - began:.0f} s\n")
@@ -594,9 +596,10 @@ def bench_gpu(cfg, work):
 def bench_data(cfg, work):
     import torch
     import train
+    from model import GPTConfig
     path = os.path.join(work, "tokens.bin")
     rng = np.random.default_rng(cfg.seed)
-    rng.integers(0, 50257, size=cfg.data_tokens, dtype=np.uint16).tofile(path)
+    rng.integers(0, GPTConfig.vocab_size, size=cfg.data_tokens, dtype=np.uint16).tofile(path)
     mm = np.memmap(path, dtype=np.uint16, mode="r")
     cpu = torch.device("cpu")
     host = train.WindowSource(np.array(mm), cpu, on_device=False)   # train.py's in-memory buffer

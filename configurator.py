@@ -33,19 +33,39 @@ def config_defaults(module_globals):
             and isinstance(v, plain)}
 
 
+def script_defaults(path):
+    """A script's config defaults read from its source, without running it or its imports (so a
+    module that reads train.py's defaults does not import train.py, torch and all)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass                                          # computed: not a config key
+    return config_defaults(values)
+
+
+def _as_bool(value):
+    """True or False for a value that spells one (True, 1, "yes", "off", ...), else None."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return value.lower() in ("true", "yes", "on")
+    return None
+
+
 def _coerce(key, value, default):
     """Check an override against the default's type; the message names the key and the type."""
     if default is None or value is None:
         return value
-    if default == "auto" and isinstance(value, bool):         # --compile=True over "auto"
-        return value
+    if default == "auto" and _as_bool(value) is not None:   # --compile=False over "auto"
+        return _as_bool(value)
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if value in (0, 1):                                   # --compile=0
-            return bool(value)
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if _as_bool(value) is not None:
+            return _as_bool(value)
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value

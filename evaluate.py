@@ -143,17 +143,20 @@ def summarise(losses):
 
 
 def previous_evaluation(run_dir, cfg, device):
-    """The run's eval.json if it is complete and still valid: the same run (identity), the same
-    evaluation set and precision, and an eval.npz that loads. Anything else is evaluated again."""
+    """The run's eval.json if it is complete and still valid: the same run (identity), finished
+    (its `done` names the step evaluated), the same evaluation set and precision, and an eval.npz
+    that loads. Anything else is evaluated again."""
     try:
         previous = read_json(os.path.join(run_dir, "eval.json"))
         saved = read_json(os.path.join(run_dir, "config.json"))
+        done = read_json(os.path.join(run_dir, "done"))
         with np.load(os.path.join(run_dir, "eval.npz")) as z:
             z.files                                              # noqa: B018 (readable index)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
     evalset = previous.get("evalset", {})
     same = (previous.get("identity") == saved.get("identity")
+            and done.get("steps") == previous.get("steps") == previous.get("checkpoint_step")
             and (evalset.get("n_windows"), evalset.get("seed")) == (cfg.eval_windows, cfg.eval_seed)
             and previous.get("dtype") == resolve_dtype(cfg.dtype, device)
             and os.path.exists(evalset.get("path", "")) and file_sha(evalset["path"]) == evalset.get("sha"))

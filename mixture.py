@@ -104,7 +104,10 @@ def resolve_mixture(dataset, cfg):
                             f"{len(dataset.default_order)} components ({', '.join(dataset.default_order)}); "
                             f"use k in 1..{len(dataset.default_order)} or name them with --components=a,b,c")
         names = dataset.default_order[:cfg.k]
-    weights = np.array(cfg.weights if cfg.weights else [1.0] * len(names), dtype=float)
+    try:
+        weights = np.array(cfg.weights if cfg.weights else [1.0] * len(names), dtype=float)
+    except (TypeError, ValueError):                      # --weights=1,abc
+        weights = np.array([np.nan])
     if len(weights) != len(names) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
         raise UserError(f"weights={list(cfg.weights)} must be {len(names)} finite positive numbers, "
                         f"one per component ({', '.join(names)})")

@@ -208,10 +208,14 @@ def logits_batch(vocab_size):
     return max(1, (1 << 28) // (BLOCK * vocab_size))
 
 
-def resolve_switch(value, device):
+def resolve_switch(value, device, key="switch"):
     """A speed switch (compile, fused AdamW): "auto" is on for CUDA and off for CPU, where these
     cost more than they save on small models; True or False is honoured on either device."""
-    return device.type == "cuda" if value == "auto" else bool(value)
+    if value == "auto":
+        return device.type == "cuda"
+    if not isinstance(value, bool):          # bool("off") is True: never guess
+        raise UserError(f"{key}={value!r}: use auto, True or False")
+    return value
 
 
 def resolve_dtype(dtype, device):

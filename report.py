@@ -157,7 +157,9 @@ def experiments_section(s):
     """The main experiment and every other one with how it differs (runs of two experiments never pool)."""
     lines = ["## Experiments", "",
              "An experiment is the runs that share every setting that changes their numbers except seed and "
-             "K (runs.experiment_config, and the data); runs of different experiments never pool. This "
+             "K, K's mixture being the first K components of the default order at equal weights, or one "
+             "named explicitly (runs.experiment_config, and the data); runs of different experiments never "
+             "pool. This "
              f"report is about `{s.main.id[:12]}` ({CHOICE[s.choice]}; `--group=<id prefix>` picks "
              "another). Every run of every experiment is in results.csv (column `experiment`).", "",
              f"| experiment | runs per K | controls per K | differs from `{s.main.id[:8]}` in | first "
@@ -287,9 +289,11 @@ def xe_vs_k_body(s):
         lines += [""] + notes if notes else []
         t = view.trend
         if t:
-            slope = fmt(Interval(t["slope"], t["slope_ci"], "seeds and documents"), 4)
+            slope = fmt(Interval(t["slope"], t["slope_ci"], "runs"), 4)
             lines += ["", f"Trend (regression of run-level XE on K, {t['n_runs']} runs): slope {slope} nats "
-                      f"per component, p = {fmt_p(t['p_value'])}; Spearman rho = "
+                      f"per component, p = {fmt_p(t['p_value'])} (interval and p over the runs' scatter, "
+                      "the evaluation documents held fixed; the ln K fit's intervals carry both); "
+                      "Spearman rho = "
                       f"{number(t['spearman_rho'], 2)}, p = {fmt_p(t['spearman_p'])}."
                       f"{single_seed_note(t, len(view.cells))} "
                       f"Fit XE = a + b ln K: {fmt_fit(view.lnk_fit)}."]
@@ -374,6 +378,11 @@ def decomposition_body(s):
               "learner1 | model inefficiency model - learner |", "|---|---|---|---|---|---|"]
     lines += [f"| {i.k} | {i.metric} | {fmt(i.excess, 4)} | {fmt(i.scarcity, 4)} | "
               f"{fmt(i.identification, 4)} | {fmt(i.inefficiency, 4)} |" for i in d.ideal]
+    if d.learner_alpha:
+        lines += ["", "The learner's Dirichlet(alpha) prior, fitted per chain to each run's own transition "
+                  "counts by maximum marginal likelihood (lowest to highest over the runs): "
+                  + "; ".join(f"{c} {lo:.3g}" + (f"-{hi:.3g}" if hi > lo else "")
+                              for c, (lo, hi) in d.learner_alpha.items()) + "."]
     areas = [f"K={k}: {fmt(x)} (ln K = {math.log(k):.3f})" for k, x in d.bayes_area.items() if k > 1]
     return lines + ["", "Bayes identification area sum_t [bayes(t) - oracle(t)] (at most ln K): "
                     + "; ".join(areas) + "."] if areas else lines

@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from configurator import UserError
+from configurator import UserError, configure, script_defaults
 
 # files are made with the permissions the user's umask gives (tempfile would make them 0600)
 _UMASK = os.umask(0)
@@ -121,7 +121,8 @@ NOT_IDENTITY = ("run_name", "out_root", "out_dir", "data_dir", "size", "identity
                 "log_interval", "eval_interval", "val_windows", "ckpt_interval", "peak_flops",
                 "wandb_log", "wandb_project", "wandb_run_name")
 # What may differ between the runs of one experiment: its seeds, and K with the mixture K implies
-# (a control run mirrors the K-mixture of its experiment).
+# (a control run mirrors the K-mixture of its experiment). Components and weights count only
+# through mixture_rule: the first K of the default order with equal weights, or an explicit mixture.
 WITHIN_EXPERIMENT = ("seed", "k", "components", "weights", "control")
 
 
@@ -139,13 +140,29 @@ def run_identity(config, data_fingerprint):
     return _digest({"config": identity_config(config), "data": data_fingerprint})
 
 
-def experiment_config(config):
-    """The settings an experiment's runs share (all of a run's identity but seed and K)."""
-    return {k: v for k, v in identity_config(config).items() if k not in WITHIN_EXPERIMENT}
+def mixture_rule(config, default_order):
+    """
+    How a run's mixture follows from its K: "default order" (the first K components of the
+    dataset's default order, equal weights: what a K sweep varies), else the explicit components
+    and weights, an experiment of their own, so that a --weights=3,1 or --components=a,c run is
+    never pooled as another seed of K = 2. default_order None (a run from before it was recorded):
+    the components are not checked.
+    """
+    names, weights = list(config.get("components") or []), list(config.get("weights") or [])
+    equal = all(abs(w - weights[0]) < 1e-9 for w in weights)
+    in_order = not names or default_order is None or names == list(default_order[:len(names)])
+    return "default order" if equal and in_order else {"components": names, "weights": weights}
 
 
-def experiment_identity(config, data_fingerprint):
-    return _digest({"config": experiment_config(config), "data": data_fingerprint})
+def experiment_config(config, default_order=None):
+    """The settings an experiment's runs share: all of a run's identity but seed and K, and how
+    K makes the mixture."""
+    shared = {k: v for k, v in identity_config(config).items() if k not in WITHIN_EXPERIMENT}
+    return dict(shared, mixture=mixture_rule(config, default_order))
+
+
+def experiment_identity(config, data_fingerprint, default_order=None):
+    return _digest({"config": experiment_config(config, default_order), "data": data_fingerprint})
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
@@ -154,6 +171,12 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 # the config files a sweep of each source runs with by default (sweep.sh's BASE_CONFIG): plot.py
 # calls the experiment they give "the default one"
 DEFAULT_CONFIGS = {"synthetic": [os.path.join(CONFIG_DIR, "synthetic.py")], "arxiv": []}
+
+
+def train_defaults(config_files=()):
+    """train.py's config (its module defaults, then config files), read without importing train."""
+    script = os.path.join(os.path.dirname(CONFIG_DIR), "train.py")
+    return configure(script_defaults(script), list(config_files))
 
 
 def size_label(config):

@@ -58,7 +58,8 @@ device = "auto"             # "auto", "cpu", "cuda", "cuda:1"
 compile = "auto"            # torch.compile: "auto" = on for CUDA, off for CPU; True/False honoured
 dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU; or either by name
 fused_adamw = "auto"        # fused AdamW kernel: "auto" = on for CUDA, off for CPU
-gpu_resident = True         # keep the mixture's tokens on the GPU and gather windows there
+gpu_resident = "auto"       # keep the mixture's tokens on the device and gather windows there:
+                            # "auto" = on for CUDA; True on CPU runs the CUDA path's torch gather
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default. Tiny models run fastest
                             # on 1 thread (and the synthetic sweep then trains runs side by side)
 # model (config/tiny.py, small.py, medium.py set these; size names them in run names and tables)
@@ -214,12 +215,19 @@ def read_config(argv):
     """The config with every range checked (one line per mistake, before any work)."""
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
     checks = [(1 <= cfg.epochs <= 100, "epochs", "use 1 to 100 passes (3 to 5 intended)"),
-              (cfg.seed >= 0, "seed", "use a seed >= 0"),
+              (0 <= cfg.seed < 2 ** 63, "seed", "use a seed >= 0 (and below 2**63)"),
+              (0 <= cfg.beta1 < 1, "beta1", "use 0 <= beta1 < 1"),
+              (0 <= cfg.beta2 < 1, "beta2", "use 0 <= beta2 < 1"),
+              (cfg.weight_decay >= 0, "weight_decay", "use weight_decay >= 0"),
+              (cfg.grad_clip >= 0, "grad_clip", "use grad_clip >= 0 (0: no clipping)"),
+              (cfg.warmup_iters >= 0, "warmup_iters", "use warmup_iters >= 0"),
               (0 <= cfg.dropout < 1, "dropout", "use 0 <= dropout < 1"),
               (cfg.token_budget >= 0, "token_budget", "use a positive number, or 0 for the default"),
               (cfg.n_embd % cfg.n_head == 0, "n_embd", f"must be a multiple of n_head={cfg.n_head}"),
               (cfg.learning_rate > 0 and cfg.min_lr >= 0, "learning_rate", "use a positive rate"),
               (cfg.dtype in ("auto", "bfloat16", "float32"), "dtype", "use auto, bfloat16 or float32")]
+    checks += [(getattr(cfg, key) in ("auto", True, False), key, "use auto, True or False")
+               for key in ("compile", "fused_adamw", "gpu_resident")]
     checks += [(getattr(cfg, key) >= 1, key, "must be a positive integer")
                for key in ("batch_size", "n_layer", "n_head", "n_embd", "log_interval",
                            "eval_interval", "ckpt_interval", "val_windows")]
@@ -264,7 +272,9 @@ def check_folder(cfg, paths, total_steps):
     whose steps match the schedule and the checkpoint's. Anything else in the folder is refused,
     named; a done marker that disagrees with the checkpoint is dropped and the run resumed.
     """
-    saved = read_run_file(paths.config, cfg.out_dir) if os.path.exists(paths.config) else None
+    # a damaged config.json counts as missing: the checkpoint's identity still decides, and the
+    # resumed run writes config.json again
+    saved = read_run_file(paths.config, cfg.out_dir, required=False) if os.path.exists(paths.config) else None
     if saved is not None and saved.get("identity") != cfg.identity:
         theirs, ours = identity_config(saved.get("config", {})), identity_config(vars(cfg))
         changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -272,22 +282,33 @@ def check_folder(cfg, paths, total_steps):
                 else f"trained on a different build of {cfg.data_dir}")
         raise UserError(f"{cfg.out_dir} holds a different run ({what}); pick another --out_dir, "
                         f"or delete {cfg.out_dir} to train this one there")
+    ckpt = load_checkpoint(paths.ckpt, mmap=True) if os.path.exists(paths.ckpt) else None
+    if ckpt is not None and ckpt.get("identity") != cfg.identity:
+        raise UserError(f"{paths.ckpt} belongs to another run (its identity differs); delete "
+                        f"{cfg.out_dir} to train this one there, or pick another --out_dir")
     if not os.path.exists(paths.done):
         return False
     done = read_run_file(paths.done, cfg.out_dir, required=False)
-    ckpt_step = load_checkpoint(paths.ckpt, mmap=True)["step"] if os.path.exists(paths.ckpt) else None
-    if done and done.get("steps") == total_steps == ckpt_step:
+    if saved is not None and done and done.get("steps") == total_steps == (ckpt or {}).get("step"):
         return True
     os.remove(paths.done)                  # not what it claims: finish the run instead
     return False
 
 
+def clear_leftovers(out_dir):
+    """With the folder's lock held nobody else writes here: remove the temp files of a killed
+    process, and an evaluation of the run before it was finished (it is evaluated again after)."""
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        if name.startswith(".tmp-") or name in ("eval.json", "eval.npz"):
+            os.remove(os.path.join(out_dir, name))
+
+
 def resolve_runtime(cfg, device):
     """How this process runs the model: the "auto" switches resolved for the device, once."""
-    return SimpleNamespace(compiled=resolve_switch(cfg.compile, device),
+    return SimpleNamespace(compiled=resolve_switch(cfg.compile, device, "compile"),
                            dtype=resolve_dtype(cfg.dtype, device),
-                           fused_adamw=resolve_switch(cfg.fused_adamw, device),
-                           data_on_device=device.type == "cuda" and cfg.gpu_resident)
+                           fused_adamw=resolve_switch(cfg.fused_adamw, device, "fused_adamw"),
+                           data_on_device=resolve_switch(cfg.gpu_resident, device, "gpu_resident"))
 
 
 def build_model(cfg, runtime, n_components, dataset, device, paths):
@@ -314,7 +335,8 @@ def write_run_config(cfg, runtime, share, paths, dataset, model, plan, mixture, 
     """config.json (the folder explains itself) and the log cut back to the checkpoint's step."""
     config = {k: v for k, v in vars(cfg).items() if k != "identity"}      # what identity hashes
     write_json(paths.config, {
-        "identity": cfg.identity, "experiment": experiment_identity(config, dataset.fingerprint),
+        "identity": cfg.identity,
+        "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order),
         "config": config,
         "model": {"n_params": model.n_params(), "size": size_label(vars(cfg)),
                   "flops_per_token": model.flops_per_token()},
@@ -324,7 +346,7 @@ def write_run_config(cfg, runtime, share, paths, dataset, model, plan, mixture, 
         "schedule": {"epochs": share.epochs, "steps_per_epoch": plan.steps_per_epoch,
                      "steps": share.epochs * plan.steps_per_epoch, "rows_per_step": plan.rows},
         "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
-                    "fingerprint": dataset.fingerprint,
+                    "fingerprint": dataset.fingerprint, "default_order": dataset.default_order,
                     "default_budget": dataset.n_tokens(dataset.default_order[0], "train")},
         "runtime": {"device": str(device), "world_size": world, **vars(runtime)},
         "provenance": provenance()})
@@ -355,8 +377,6 @@ def validation_windows(dataset, names, n):
 
 def announce(run, mixture, resume):
     cfg, device, runtime = run.cfg, run.device, run.runtime
-    if resume:
-        run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
     what = (f"control of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if cfg.control
             else f"K={cfg.k} ({', '.join(cfg.components)})")
     quotas = ", ".join(f"{q:,}" for q in run.share.quotas)
@@ -366,6 +386,8 @@ def announce(run, mixture, resume):
             f"({'compiled' if runtime.compiled else 'eager'}, {runtime.dtype}"
             f"{', fused AdamW' if runtime.fused_adamw else ''}); data "
             f"{'on device' if runtime.data_on_device else 'gathered on host'}")
+    if resume:
+        run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
 
 
 class RunLog:
@@ -539,6 +561,8 @@ def main(argv):
     if check_folder(cfg, paths, total_steps):
         log(f"{cfg.out_dir} is already finished; nothing to do (delete the folder to train it again)")
         return
+    if master:
+        clear_leftovers(cfg.out_dir)
     mixture = Mixture(dataset, share.components, share.quotas, cfg.seed)
     plan = StepPlan(mixture, cfg.batch_size, world)
 

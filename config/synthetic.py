@@ -9,6 +9,7 @@
 data_dir = "data/synthetic"
 device = "cpu"
 cpu_threads = 1         # tiny models run fastest on one thread; the sweep trains runs side by side
+size = ""               # none of the named sizes: runs and tables call it by its dimensions
 n_layer = 2             # deeper or wider: no better, for more time
 n_head = 4
 n_embd = 64

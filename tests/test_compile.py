@@ -36,10 +36,16 @@ def run(data_dir, out_dir, *extra):
 def test_compiled_training_matches_eager_in_one_graph_through_a_resume(tiny_synthetic, tmp_path,
                                                                       monkeypatch, capsys):
     eager = run(tiny_synthetic, tmp_path / "eager")
+    capsys.readouterr()
     counters.clear()
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    compiled = run(tiny_synthetic, tmp_path / "compiled", "--compile=True")
-    assert "(compiled, float32)" in capsys.readouterr().out
+    # the CUDA path as a whole: compiled, and windows gathered by torch from device-resident tokens
+    compiled = run(tiny_synthetic, tmp_path / "compiled", "--compile=True", "--gpu_resident=True")
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert "(compiled, float32); data on device" in first_line
+    configs = [json.load(open(tmp_path / name / "config.json")) for name in ("eager", "compiled")]
+    assert configs[0]["identity"] == configs[1]["identity"]       # speed switches are not identity
+    assert configs[1]["runtime"]["compiled"] and configs[1]["runtime"]["data_on_device"]
     # one frame, one graph, no graph break, no recompilation across 30 steps, 3 epoch boundaries,
     # validation in between (the uncompiled twin shares the weights) and train/eval mode switches
     assert counters["frames"]["total"] == 1 and counters["stats"]["unique_graphs"] == 1
@@ -56,11 +62,13 @@ def test_compiled_training_matches_eager_in_one_graph_through_a_resume(tiny_synt
         return real_lr(step, cfg, total)
     monkeypatch.setattr(train, "learning_rate_at", crash_at_step_12)
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_synthetic, tmp_path / "resumed", "--compile=True")
+        run(tiny_synthetic, tmp_path / "resumed", "--compile=True", "--gpu_resident=True")
     monkeypatch.setattr(train, "learning_rate_at", real_lr)
+    capsys.readouterr()
     counters.clear()
-    resumed = run(tiny_synthetic, tmp_path / "resumed", "--compile=True")
-    assert "resuming" in capsys.readouterr().out
+    resumed = run(tiny_synthetic, tmp_path / "resumed", "--compile=True", "--gpu_resident=True")
+    printed = capsys.readouterr().out.splitlines()
+    assert "(compiled, float32); data on device" in printed[0] and printed[1].startswith("resuming")
     # the new process of a real resume compiles once; in this process the cached graph is reused
     assert counters["frames"]["total"] <= 1 and not counters["graph_break"]
     assert resumed.keys() == eager.keys()
@@ -73,6 +81,7 @@ def test_bf16_autocast_and_fused_adamw_on_cpu_train_and_evaluate_near_float32(ti
     bf16 = run(tiny_synthetic, tmp_path / "bf16", "--dtype=bfloat16", "--fused_adamw=True")
     config = json.load(open(tmp_path / "bf16" / "config.json"))
     assert config["runtime"]["dtype"] == "bfloat16" and config["runtime"]["fused_adamw"]
+    assert config["identity"] == json.load(open(tmp_path / "float32" / "config.json"))["identity"]
     assert bf16.keys() == float32.keys()
     for key in float32:
         assert np.isfinite(bf16[key]) and abs(bf16[key] - float32[key]) < 0.05, key

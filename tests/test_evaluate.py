@@ -55,13 +55,12 @@ def test_learner_references_are_saved_and_ordered(trained_run, tiny_synthetic):
 
 
 def test_learner1_of_a_mixture_is_the_learner_of_its_control_run(trained_run, tiny_synthetic, tmp_path):
-    """A K = 1 run on the first component's exact quota and seed trains on the same documents."""
+    """The mixture's control run (--control=True) trains on its first component's documents."""
     config = json.load(open(os.path.join(trained_run, "config.json")))
     first = config["mixture"]["components"][0]
-    quota = config["mixture"]["tokens"][first]
     control = str(tmp_path / "control")
-    train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={control}", *TINY_RUN,
-                f"--components={first}", f"--token_budget={quota}"])
+    train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={control}", "--k=2", *TINY_RUN, "--control=True"])
+    assert json.load(open(os.path.join(control, "config.json")))["mixture"]["components"] == [first]
     evaluate.main([control, *EVAL])
     mix, ctrl = (np.load(os.path.join(run, "eval.npz")) for run in (trained_run, control))
     np.testing.assert_array_equal(mix[f"learner1:{first}"], ctrl[f"learner:{first}"])

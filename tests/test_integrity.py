@@ -159,7 +159,7 @@ def test_run_files_follow_the_umask(tiny_synthetic, tmp_path):
 
 def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_path):
     from data import Dataset
-    from mixture import Mixture, resolve_mixture
+    from mixture import Mixture, training_share
     mix, _ = train_run(tiny_synthetic, tmp_path, "--k=3")
     ctrl, _ = train_run(tiny_synthetic, tmp_path, "--k=3", "--control=True")
     mix_config, ctrl_config = (json.load(open(os.path.join(r, "config.json"))) for r in (mix, ctrl))
@@ -167,10 +167,58 @@ def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_
     assert ctrl_config["mixture"]["tokens"] == {first: mix_config["mixture"]["tokens"][first]}
     assert ctrl_config["schedule"]["epochs"] == 3 * mix_config["schedule"]["epochs"]
     assert abs(ctrl_config["schedule"]["steps"] - mix_config["schedule"]["steps"]) <= ctrl_config["schedule"]["epochs"]
-    # token for token: the control's buffer is the mixture's first component's documents
+    # token for token: each run's buffer rebuilt from its own saved config, as train.py builds it
     ds = Dataset(tiny_synthetic)
-    names, quotas, _ = resolve_mixture(ds, train.SimpleNamespace(components=[], k=3, weights=[], token_budget=2000))
-    whole, share = Mixture(ds, names, quotas, seed=1337), Mixture(ds, names[:1], quotas[:1], seed=1337)
+    def trained_on(config):
+        cfg = train.SimpleNamespace(**config["config"])
+        names, quotas, _, _ = training_share(ds, cfg)
+        return Mixture(ds, names, quotas, seed=cfg.seed)
+    whole, share = trained_on(mix_config), trained_on(ctrl_config)
     docs = [whole.tokens[s:e].tolist() for s, e, c in zip(whole.doc_start, whole.doc_end, whole.doc_comp) if c == 0]
     assert docs == [share.tokens[s:e].tolist() for s, e in zip(share.doc_start, share.doc_end)]
     assert "ctrl" in os.path.basename(ctrl) and "ctrl" not in os.path.basename(mix)
+
+
+def test_a_mixture_other_than_the_default_order_is_its_own_experiment(tiny_synthetic, tmp_path):
+    """--weights=3,1 or --components=a,c beside the default K = 2 run: never another seed of it."""
+    from analysis import Run
+    default, _ = train_run(tiny_synthetic, tmp_path)
+    order = json.load(open(os.path.join(default, "config.json")))["dataset"]["default_order"]
+    named, _ = train_run(tiny_synthetic, tmp_path, f"--components={order[0]},{order[1]}")
+    assert named == default                                 # the default order named: the same run
+    experiments = {}
+    for extra in ([], ["--seed=2"], ["--k=3"], ["--control=True"], ["--weights=3,1"],
+                  [f"--components={order[0]},{order[2]}"]):
+        run, _ = train_run(tiny_synthetic, tmp_path, *extra)
+        config = json.load(open(os.path.join(run, "config.json")))
+        as_analysed = Run(os.path.basename(run), run, {}, {}, config, {}, []).experiment
+        assert as_analysed == config["experiment"]           # analysis and train: one definition
+        experiments[" ".join(extra)] = config["experiment"]
+    same = {experiments[key] for key in ("", "--seed=2", "--k=3", "--control=True")}
+    assert len(same) == 1 and len(set(experiments.values())) == 3
+
+
+def test_an_evaluation_is_trusted_only_beside_its_finished_run(tiny_synthetic, tmp_path, capsys):
+    run, _ = train_run(tiny_synthetic, tmp_path)
+    evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    os.remove(os.path.join(run, "done"))
+    with pytest.raises(UserError, match="has not finished training"):        # not "already evaluated"
+        evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    open(os.path.join(run, ".tmp-ckpt.ptx1y2"), "wb").write(b"half a checkpoint")   # a kill -9 mid-save
+    train_run(tiny_synthetic, tmp_path)                  # finishes the run again, drops the old evaluation
+    assert sorted(n for n in os.listdir(run) if not n.endswith(".log")) == \
+        [".lock", "ckpt.pt", "config.json", "done", "log.jsonl"]
+    evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    assert "already evaluated" not in capsys.readouterr().out
+
+
+def test_a_damaged_config_json_is_rewritten_from_the_run_itself(tiny_synthetic, tmp_path, capsys):
+    run, _ = train_run(tiny_synthetic, tmp_path)
+    before = json.load(open(os.path.join(run, "config.json")))
+    open(os.path.join(run, "config.json"), "w").write('{"identity": "abc", "conf')      # torn
+    _, printed = train_run(tiny_synthetic, tmp_path, capsys=capsys)
+    after = json.load(open(os.path.join(run, "config.json")))
+    assert after["identity"] == before["identity"] and after["config"] == before["config"]
+    assert json.load(open(os.path.join(run, "done")))["steps"] == 10
+    _, printed = train_run(tiny_synthetic, tmp_path, capsys=capsys)
+    assert "already finished" in printed

@@ -138,6 +138,7 @@ def test_report_of_a_sweep_with_controls_and_an_ablation(sweep, tmp_path):
     assert all(0 < area[str(k)]["value"] <= math.log(k) + 1e-6 for k in (2, 3))
     assert "## Decomposition: data scarcity and mixing" in text
     assert "identification learner - learner1" in text
+    assert "fitted per chain to each run's own transition counts" in text
     assert "## Conclusion" in text and "dash-dot: the learner" in text
 
     # the budget check: the main runs, then each control against its mixture run's steps
@@ -158,6 +159,12 @@ def test_learner_curves_on_synthetic_data(sweep):
         assert len(refs["learner"]) == len(refs["learner1"]) == len(refs["bayes"]) == BLOCK, k
         assert np.mean(refs["oracle"]) <= np.mean(refs["learner1"]) <= np.mean(refs["learner"]) + 1e-9
     assert a.decomposition.control_ks == [2, 3] and choice == "largest"
+    fitted = {}                         # each run's alpha per chain (eval.json), as the report gives it
+    for r in experiment.runs + experiment.controls:
+        for chain, alpha in r.eval["learner_alpha"].items():
+            fitted.setdefault(chain, []).append(alpha)
+    assert a.decomposition.learner_alpha == {c: (min(v), max(v)) for c, v in sorted(fitted.items())}
+    assert all(0 < lo <= hi for lo, hi in a.decomposition.learner_alpha.values())
 
 
 def test_another_experiment_is_reported_on_its_own(sweep, tmp_path, text_only):
@@ -244,6 +251,23 @@ def test_interval_labels():
     assert report.fmt(Interval(1.0, [math.nan, math.nan], "n/a")) == "1.000 (n/a)"
     assert not Interval(0.1, [-0.1, 0.3], "seeds and documents").separated_from_zero
     assert not Interval(0.1, [math.nan, math.nan], "n/a").separated_from_zero
+
+
+def test_figure_markers_say_what_each_interval_covers():
+    """Filled: seeds and documents; open: one seed (documents only); open with a dashed bar: one
+    document (seeds only); 'x' without a bar: no interval."""
+    fig, ax = plot.plt.subplots()
+    cases = [Interval(1.0, [0.9, 1.1], "seeds and documents"), Interval(1.1, [1.0, 1.2], "documents only"),
+             Interval(1.2, [1.1, 1.3], "seeds only"), Interval(1.3, [math.nan, math.nan], "n/a")]
+    scopes = plot.errorbar(ax, [1, 2, 3, 4], cases)
+    assert scopes == set(stats.SCOPES)
+    drawn = {tuple(container.lines[0].get_xdata()): container for container in ax.containers}
+    faces = {x[0]: container.lines[0].get_markerfacecolor() for x, container in drawn.items()}
+    assert faces[1] != "white" and faces[2] == faces[3] == "white"
+    assert drawn[(4,)].lines[0].get_marker() == "x" and not drawn[(4,)].lines[2]        # no bar
+    dashes = {x: drawn[(x,)].lines[2][0].get_linestyle()[0][1] for x in (2, 3)}   # (offset, pattern)
+    assert dashes[2] is None and dashes[3] is not None                                 # solid, dashed
+    plot.plt.close(fig)
 
 
 def test_power_law_line_says_when_beta_reaches_zero():

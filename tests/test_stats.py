@@ -28,14 +28,31 @@ T = np.arange(1, BLOCK + 1)
 COVERAGE_EXPERIMENTS = 3000
 
 
-@pytest.mark.parametrize("regime", list(stats.REGIMES))
+@pytest.mark.parametrize("regime", list(stats.REGIMES) + list(stats.UNEQUAL))
 def test_chosen_interval_holds_95_percent_at_three_seeds(regime):
+    regimes = {**stats.REGIMES, **stats.UNEQUAL}
     rows = stats.coverage_table(methods={stats.CHOSEN: stats.METHODS[stats.CHOSEN]},
-                                regimes={regime: stats.REGIMES[regime]}, seed_counts=(3,),
+                                regimes={regime: regimes[regime]}, seed_counts=(3,),
                                 replicates=COVERAGE_EXPERIMENTS, chunk=1000, seed=11)
     assert {r["statistic"] for r in rows} == {"mean", "paired difference"}
     for r in rows:
         assert 0.93 <= r["coverage"] <= 0.97, r
+
+
+def test_document_term_is_unbiased_for_unequal_documents():
+    """E[f sum_d w_d^2 (c_d - c)^2] = var_doc sum_d w_d^2 for any shares w: the exact expectation
+    over many draws of the document effects, for one long document beside many short ones."""
+    rng = np.random.default_rng(5)
+    weights = np.array([0.4] + [0.6 / 30] * 30)
+    columns = rng.normal(0, 0.3, (200_000, len(weights))).T           # (D, draws)
+    estimated = stats._document_term(columns, weights)
+    truth = 0.3 ** 2 * np.sum(weights ** 2)
+    assert estimated.mean() == pytest.approx(truth, rel=0.01)
+    classical = len(weights) / (len(weights) - 1) * np.sum(weights[:, None] ** 2 *
+                                                          (columns - weights @ columns) ** 2, axis=0)
+    assert classical.mean() < 0.5 * truth                              # what D / (D - 1) gave
+    equal = np.full(7, 1 / 7)
+    assert stats._document_factor(equal) == pytest.approx(7 / 6)       # the classical factor
 
 
 def test_previous_bootstrap_undercovers_where_seeds_dominate():

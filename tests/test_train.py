@@ -243,33 +243,62 @@ def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
+# Each bad setting: the arguments, then the message train.py must give in one line, before it
+# writes anything. Grouped by what the check protects.
+BAD_CONFIGS = """
+# names and types of keys, files
+--n_layers=3              | unknown config key 'n_layers'
+--n_layer=two             | config key 'n_layer' expects int
+--block_size=64           | unknown config key 'block_size'
+config/does_not_exist.py  | not found
+# the mixture: components, k, weights, control
+--components=chain0,nope  | unknown component 'nope'
+--k=9                     | k=9
+--k=3 --components=chain1 | k=3 but components names 1
+--weights=[1,2] --k=3     | weights=
+--weights=1,nan --k=2     | finite positive numbers
+--weights=1,inf --k=2     | finite positive numbers
+--weights=1,abc --k=2     | finite positive numbers
+--control=True --k=1      | control=True mirrors a mixture of K >= 2
+# the budget and the schedule
+--token_budget=100000000  | train tokens; use --token_budget=
+--token_budget=-5         | token_budget=-5
+--token_budget=1          | less than one step
+--batch_size=0            | batch_size=0
+--epochs=0                | epochs=0
+# the model, the seed and the runtime
+--n_embd=30 --n_head=4    | must be a multiple of n_head=4
+--dropout=1.5             | dropout=1.5: use 0 <= dropout < 1
+--seed=-1                 | seed=-1: use a seed >= 0
+--seed=1e30               | seed=1000000000000000019884624838656: use a seed >= 0
+--beta1=2                 | beta1=2.0: use 0 <= beta1 < 1
+--weight_decay=-0.1       | weight_decay=-0.1: use weight_decay >= 0
+--device=gpu              | device='gpu'
+--dtype=float16           | use auto, bfloat16 or float32
+--compile=maybe           | compile=maybe: use auto, True or False
+--fused_adamw=sometimes   | fused_adamw=sometimes: use auto, True or False
+"""
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--n_layers=3"], "unknown config key 'n_layers'"),
-    (["--n_layer=two"], "config key 'n_layer' expects int"),
-    (["--components=chain0,nope"], "unknown component 'nope'"),
-    (["--k=9"], "k=9"),
-    (["--token_budget=100000000"], "train tokens; use --token_budget="),
-    (["--weights=[1,2]", "--k=3"], "weights="),
-    (["--block_size=64"], "unknown config key 'block_size'"),
-    (["config/does_not_exist.py"], "not found"),
-    (["--batch_size=0"], "batch_size=0"),
-    (["--n_embd=30", "--n_head=4"], "must be a multiple of n_head=4"),
-    (["--token_budget=-5"], "token_budget=-5"),
-    (["--device=gpu"], "device='gpu'"),
-    (["--dtype=float16"], "use auto, bfloat16 or float32"),
-    (["--dropout=1.5"], "dropout=1.5: use 0 <= dropout < 1"),
-    (["--seed=-1"], "seed=-1: use a seed >= 0"),
-    (["--weights=1,nan", "--k=2"], "finite positive numbers"),
-    (["--weights=1,inf", "--k=2"], "finite positive numbers"),
-    (["--token_budget=1"], "less than one step"),
-    (["--k=3", "--components=chain1"], "k=3 but components names 1"),
-    (["--control=True", "--k=1"], "control=True mirrors a mixture of K >= 2"),
-    (["--epochs=0"], "epochs=0"),
-])
+    (line.split(" | ")[0].split(), line.split(" | ")[1])
+    for line in BAD_CONFIGS.strip().splitlines() if not line.startswith("#")])
 def test_bad_config_gives_one_clear_message(tiny_synthetic, tmp_path, args, message):
     with pytest.raises(UserError, match=re.escape(message)) as e:
         run_train(tiny_synthetic, tmp_path / "bad", *args)
     assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "bad")   # nothing written
+
+
+@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("off", False), ("0", False),
+                                            ("True", True), ("yes", True), ("on", True), ("auto", "auto")])
+def test_a_switch_reads_every_spelling_of_true_and_false(text, expected):
+    """bool("false") is True: a switch spelled in words must never turn itself on."""
+    from configurator import configure
+    config = configure({"compile": "auto", "force": False}, [f"--compile={text}", f"--force={text}"]
+                       if text != "auto" else ["--compile=auto"])
+    assert config["compile"] is expected or config["compile"] == expected
+    if text != "auto":
+        assert config["force"] is expected
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):
