@@ -40,12 +40,13 @@ class Run:
     config: dict                    # config.json
     done: dict
     log: list
+    known_order: list = None        # the data's default order, for runs whose config.json predates it
 
     k = property(lambda self: int(self.eval["k"]))              # a control: the K it mirrors
     seed = property(lambda self: self.eval["seed"])
     components = property(lambda self: list(self.eval["components"]))     # what it trained on
     control = property(lambda self: bool(self.eval.get("control")))
-    default_order = property(lambda self: self.config.get("dataset", {}).get("default_order"))
+    default_order = property(lambda self: self.config.get("dataset", {}).get("default_order") or self.known_order)
     source = property(lambda self: self.eval["source"])
     settings = property(lambda self: self.config.get("config", {}))      # train.py's resolved config
 
@@ -331,7 +332,21 @@ def load_runs(out_dir):
             seen[run.eval["identity"]] = name
             runs.append(run)
     runs.sort(key=lambda r: (r.k, str(r.seed), r.name))
+    fill_default_orders(runs, out_dir)
     return runs, skipped
+
+
+def fill_default_orders(runs, out_dir):
+    """A run's experiment needs its data's default order, which config.json records only since
+    2026-11-26: for older runs, take it from a newer run on the same data, else from the data's
+    meta.json when its fingerprint is the run's."""
+    known = {r.config["dataset"]["fingerprint"]: r.default_order for r in runs if r.default_order}
+    for r in (r for r in runs if not r.default_order):
+        fingerprint = r.config["dataset"]["fingerprint"]
+        meta_path = dataset_file(r, "meta.json", out_dir)
+        meta = read_json(meta_path) if meta_path else {}
+        r.known_order = known.get(fingerprint) or (
+            meta.get("default_order") if meta.get("fingerprint") == fingerprint else None)
 
 
 def drop_other_evalsets(runs, skipped):

@@ -61,7 +61,8 @@ def _coerce(key, value, default):
     """Check an override against the default's type; the message names the key and the type."""
     if default is None or value is None:
         return value
-    if default == "auto" and _as_bool(value) is not None:   # --compile=False over "auto"
+    # --compile=False over "auto"; a number is not a switch here (--device=0 is no device)
+    if default == "auto" and isinstance(value, (bool, str)) and _as_bool(value) is not None:
         return _as_bool(value)
     if isinstance(default, bool):
         if _as_bool(value) is not None:

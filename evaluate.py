@@ -30,8 +30,8 @@ from mixture import Mixture, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype)
 from references import bayes_losses, fit_alpha, learner_losses, transition_counts
-from runs import (atomic_path, load_checkpoint, lock_folder, read_json, read_run_file, run_identity,
-                  stop_with_sweep, write_json)
+from runs import (atomic_path, experiment_identity, load_checkpoint, lock_folder, read_json, read_run_file,
+                  run_identity, stop_with_sweep, write_json)
 
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
@@ -199,7 +199,8 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
             np.savez_compressed(f, **arrays)
     config = saved["config"]
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "identity": saved["identity"],
-              "experiment": saved["experiment"], "dataset": dataset.name, "source": dataset.source,
+              "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order),
+              "dataset": dataset.name, "source": dataset.source,
               "k": config["k"], "control": bool(config.get("control")), "mixture": config["components"],
               "components": names, "weights": weights, "seed": config["seed"],
               "model_size": saved["model"]["size"], "n_params": saved["model"]["n_params"],

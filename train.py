@@ -16,6 +16,7 @@ log.jsonl, ckpt.pt and, when finished, `done`; the identity (runs.py) decides wh
 holds this run. Kill it at any time: the same command resumes from the last checkpoint and ends
 bit-identically (on CPU) to an uninterrupted run; a finished run does nothing.
 """
+import contextlib
 import importlib.util
 import json
 import math
@@ -291,7 +292,8 @@ def check_folder(cfg, paths, total_steps):
     done = read_run_file(paths.done, cfg.out_dir, required=False)
     if saved is not None and done and done.get("steps") == total_steps == (ckpt or {}).get("step"):
         return True
-    os.remove(paths.done)                  # not what it claims: finish the run instead
+    with contextlib.suppress(FileNotFoundError):    # not what it claims: finish the run instead
+        os.remove(paths.done)                          # (every DDP rank decides this; one removes)
     return False
 
 
@@ -537,8 +539,9 @@ def finish(run):
                "tokens_per_component": dict(zip(run.share.components, run.state.tokens_seen.tolist())),
                "final_val_loss": val[-1]["val_loss"] if val else None}
     write_json(run.paths.done, summary)
+    val_loss = summary["final_val_loss"]
     run.log(f"done: {run.cfg.out_dir} ({summary['tokens']:,} tokens, val loss "
-            f"{summary['final_val_loss']:.4f})")
+            f"{'n/a' if val_loss is None else f'{val_loss:.4f}'})")
 
 
 # -----------------------------------------------------------------------------

@@ -197,6 +197,16 @@ def test_a_mixture_other_than_the_default_order_is_its_own_experiment(tiny_synth
     same = {experiments[key] for key in ("", "--seed=2", "--k=3", "--control=True")}
     assert len(same) == 1 and len(set(experiments.values())) == 3
 
+    # runs from before config.json recorded the default order: it comes from the data's meta.json
+    from analysis import fill_default_orders
+    old = []
+    for extra in ([], [f"--components={order[0]},{order[2]}"]):
+        config = json.load(open(os.path.join(train_dir(tiny_synthetic, tmp_path, *extra), "config.json")))
+        del config["dataset"]["default_order"]
+        old.append(Run("old", "", {}, {}, config, {}, []))
+    fill_default_orders(old, str(tmp_path))
+    assert [r.experiment for r in old] == [experiments[""], experiments[f"--components={order[0]},{order[2]}"]]
+
 
 def test_an_evaluation_is_trusted_only_beside_its_finished_run(tiny_synthetic, tmp_path, capsys):
     run, _ = train_run(tiny_synthetic, tmp_path)
@@ -217,6 +227,7 @@ def test_a_damaged_config_json_is_rewritten_from_the_run_itself(tiny_synthetic, 
     before = json.load(open(os.path.join(run, "config.json")))
     open(os.path.join(run, "config.json"), "w").write('{"identity": "abc", "conf')      # torn
     _, printed = train_run(tiny_synthetic, tmp_path, capsys=capsys)
+    assert "resuming" in printed and "from step 10/10" in printed          # not trained again
     after = json.load(open(os.path.join(run, "config.json")))
     assert after["identity"] == before["identity"] and after["config"] == before["config"]
     assert json.load(open(os.path.join(run, "done")))["steps"] == 10

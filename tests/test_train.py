@@ -289,16 +289,18 @@ def test_bad_config_gives_one_clear_message(tiny_synthetic, tmp_path, args, mess
     assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "bad")   # nothing written
 
 
-@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("off", False), ("0", False),
+@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("off", False), ("no", False),
                                             ("True", True), ("yes", True), ("on", True), ("auto", "auto")])
 def test_a_switch_reads_every_spelling_of_true_and_false(text, expected):
     """bool("false") is True: a switch spelled in words must never turn itself on."""
     from configurator import configure
     config = configure({"compile": "auto", "force": False}, [f"--compile={text}", f"--force={text}"]
                        if text != "auto" else ["--compile=auto"])
-    assert config["compile"] is expected or config["compile"] == expected
+    assert config["compile"] is expected if text != "auto" else config["compile"] == "auto"
     if text != "auto":
         assert config["force"] is expected
+    with pytest.raises(UserError, match="config key 'device' expects str"):    # a number is no switch
+        configure({"device": "auto"}, ["--device=0"])
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):
