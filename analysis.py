@@ -46,7 +46,8 @@ class Run:
     seed = property(lambda self: self.eval["seed"])
     components = property(lambda self: list(self.eval["components"]))     # what it trained on
     control = property(lambda self: bool(self.eval.get("control")))
-    default_order = property(lambda self: self.config.get("dataset", {}).get("default_order") or self.known_order)
+    default_order = property(lambda self: self.config.get("dataset", {}).get("default_order")
+                             or self.known_order)
     source = property(lambda self: self.eval["source"])
     settings = property(lambda self: self.config.get("config", {}))      # train.py's resolved config
 
