@@ -430,11 +430,14 @@ def dataset_file(run, filename, out_dir):
 
 
 def component_order(runs, out_dir):
-    """(the dataset's stats.json or None, its default component order, whether a file gave it)."""
+    """(the dataset's stats.json or None, its default component order, whether the data gave it:
+    config.json records it, older runs had it from the data's files)."""
     stats_path = next(filter(None, (dataset_file(r, "stats.json", out_dir) for r in runs)), None)
-    meta_path = next(filter(None, (dataset_file(r, "meta.json", out_dir) for r in runs)), None)
     dataset_stats = read_json(stats_path) if stats_path else None
-    order = (dataset_stats or (read_json(meta_path) if meta_path else {})).get("default_order")
+    order = next((r.default_order for r in runs if r.default_order), None)
+    if not order:
+        meta_path = next(filter(None, (dataset_file(r, "meta.json", out_dir) for r in runs)), None)
+        order = (dataset_stats or (read_json(meta_path) if meta_path else {})).get("default_order")
     if order:
         return dataset_stats, order, True
     return dataset_stats, list(dict.fromkeys(c for r in runs for c in r.components)), False

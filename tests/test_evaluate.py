@@ -98,8 +98,7 @@ def test_per_position_losses_match_the_models_logits(trained_run, tiny_synthetic
     assert np.array_equal(saved[f"doc:{first}"], docs)
     x, y = gather_windows(ds.tokens(first, "test"), starts)
     config = json.load(open(os.path.join(trained_run, "config.json")))["config"]
-    model = train.GPT(train.GPTConfig(vocab_size=ds.vocab_size, n_layer=config["n_layer"],
-                                      n_head=config["n_head"], n_embd=config["n_embd"]))
+    model = train.GPT(train.GPTConfig.from_run(config, ds.vocab_size))
     model.load_state_dict(torch.load(os.path.join(trained_run, "ckpt.pt"), weights_only=False)["model"])
     with torch.no_grad():
         logits = model.eval()(torch.from_numpy(x)).double()
