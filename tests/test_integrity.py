@@ -233,3 +233,25 @@ def test_a_damaged_config_json_is_rewritten_from_the_run_itself(tiny_synthetic, 
     assert json.load(open(os.path.join(run, "done")))["steps"] == 10
     _, printed = train_run(tiny_synthetic, tmp_path, capsys=capsys)
     assert "already finished" in printed
+
+
+def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_synthetic, tmp_path):
+    """Over a larger ablation beside it: the default sweep's experiment is the main one."""
+    from analysis import Run, choose_experiment, group_experiments
+    synthetic = os.path.join(ROOT, "config", "synthetic.py")
+    quick = ["--epochs=1", "--eval_interval=1000", "--val_windows=4"]      # not in an experiment's identity
+    def runs(*extra):
+        for k, seed in ((1, 1), (2, 1)) if not extra else ((1, 1), (1, 2), (2, 1), (2, 2)):
+            argv = [synthetic, f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}", f"--k={k}",
+                    f"--seed={seed}", *quick[1:], *extra]
+            train.main(argv)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                train.main(argv + ["--print_run_dir"])
+            config = json.load(open(os.path.join(printed.getvalue().strip(), "config.json")))
+            yield Run(f"k{k}s{seed}{extra}", "", {"source": "synthetic"}, {}, config, {}, [])
+    default = list(runs())                                   # config/synthetic.py as it is: 2 runs
+    ablation = list(runs(quick[0]))                          # epochs=1: 4 runs
+    experiments = group_experiments(default + ablation)
+    main, choice = choose_experiment(experiments, "")
+    assert choice == "defaults" and main.runs == default and len(experiments) == 2
