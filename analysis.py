@@ -364,6 +364,25 @@ def drop_other_evalsets(runs, skipped):
     return kept
 
 
+def drop_mixed_cells(runs, skipped):
+    """A K cell pools one mixture: runs of one experiment and K that extend the default order
+    differently (K beyond its length) keep the mixture most of them trained on; the rest are left out."""
+    cells = {}
+    for r in runs:
+        cells.setdefault((r.experiment, r.control, r.k), []).append(r)
+    kept = list(runs)
+    for (_, control, k), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        mixtures = [tuple(r.components) for r in cell]
+        common = max(sorted(set(mixtures)), key=mixtures.count)
+        for r in cell:
+            if tuple(r.components) != common:
+                kept.remove(r)
+                skipped[r.name] = (f"trained on {', '.join(r.components)}, while the other K={k}"
+                                   f"{' control' if control else ''} runs of its experiment trained on "
+                                   f"{', '.join(common)}: a K cell pools one mixture")
+    return kept
+
+
 # -----------------------------------------------------------------------------
 # experiments
 

@@ -352,7 +352,7 @@ def main(argv):
     if not runs:
         raise UserError(f"no evaluated runs in {cfg.out}/; run `python evaluate.py {cfg.out}/<run>` "
                         f"(or `bash sweep.sh`) first")
-    runs = analysis.drop_other_evalsets(runs, skipped)
+    runs = analysis.drop_mixed_cells(analysis.drop_other_evalsets(runs, skipped), skipped)
     print(f"{len(runs)} evaluated run(s) in {cfg.out}/" + (f", {len(skipped)} skipped" if skipped else ""))
 
     # analyse the main experiment (and list the others with how they differ)

@@ -143,14 +143,16 @@ def run_identity(config, data_fingerprint):
 def mixture_rule(config, default_order):
     """
     How a run's mixture follows from its K: "default order" (the first K components of the
-    dataset's default order, equal weights: what a K sweep varies), else the explicit components
-    and weights, an experiment of their own, so that a --weights=3,1 or --components=a,c run is
-    never pooled as another seed of K = 2. default_order None (a run from before it was recorded):
-    the components are not checked.
+    dataset's default order, equal weights: what a K sweep varies; beyond the default order's
+    length, components that extend it), else the explicit components and weights, an experiment
+    of their own, so that a --weights=3,1 or --components=a,c run is never pooled as another seed
+    of K = 2. default_order None (a run from before it was recorded): components not checked.
+    Runs of one K that extend the order differently are told apart by analysis.drop_mixed_cells.
     """
     names, weights = list(config.get("components") or []), list(config.get("weights") or [])
     equal = all(abs(w - weights[0]) < 1e-9 for w in weights)
-    in_order = not names or default_order is None or names == list(default_order[:len(names)])
+    shared = min(len(names), len(default_order or []))
+    in_order = not names or default_order is None or names[:shared] == list(default_order[:shared])
     return "default order" if equal and in_order else {"components": names, "weights": weights}
 
 

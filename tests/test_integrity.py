@@ -255,3 +255,28 @@ def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_syntheti
     experiments = group_experiments(default + ablation)
     main, choice = choose_experiment(experiments, "")
     assert choice == "defaults" and main.runs == default and len(experiments) == 2
+
+
+def test_a_k_sweep_beyond_the_default_order_is_one_experiment_with_one_mixture_per_k():
+    """K = 6, 7 name their components (the default order has five); those that extend it are the
+    default sweep; a K cell whose runs extend it differently keeps the mixture most runs share."""
+    from analysis import Run, drop_mixed_cells
+    from runs import mixture_rule
+    order = ["a", "b", "c", "d", "e"]
+    assert mixture_rule({"components": order + ["f", "g"], "weights": [1 / 7] * 7}, order) == "default order"
+    assert mixture_rule({"components": ["a", "c"], "weights": [0.5, 0.5]}, order) != "default order"
+    assert mixture_rule({"components": order + ["f"], "weights": [0.5] + [0.1] * 5}, order) != "default order"
+
+    def run(seed, components):
+        config = {"config": {"seed": seed, "k": len(components), "components": components,
+                             "weights": [1 / len(components)] * len(components), "epochs": 4},
+                  "dataset": {"fingerprint": "data", "default_order": order}}
+        ev = {"k": len(components), "seed": seed, "components": components}
+        return Run(f"k{len(components)}_s{seed}_{components[-1]}", "", ev, {}, config, {}, [])
+    runs = [run(1, order[:3]), run(1, order + ["f"]), run(2, order + ["f"]), run(3, order + ["g"]),
+            run(1, order + ["f", "g"])]
+    assert len({r.experiment for r in runs}) == 1
+    skipped = {}
+    kept = drop_mixed_cells(runs, skipped)
+    assert [r.name for r in kept] == ["k3_s1_c", "k6_s1_f", "k6_s2_f", "k7_s1_g"]
+    assert list(skipped) == ["k6_s3_g"] and "a K cell pools one mixture" in skipped["k6_s3_g"]
