@@ -314,16 +314,14 @@ def resolve_runtime(cfg, device):
 
 
 def build_model(cfg, runtime, n_components, dataset, device, paths):
-    """The model and optimizer, restored from the run's checkpoint when it has one."""
+    """The model and optimizer, restored from the run's checkpoint when it has one (check_folder
+    has checked that the checkpoint is this run's)."""
     model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size)).to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                           fused=runtime.fused_adamw)
     state = SimpleNamespace(step=0, tokens_seen=np.zeros(n_components, dtype=np.int64))
     if os.path.exists(paths.ckpt):
         ckpt = load_checkpoint(paths.ckpt)
-        if ckpt.get("identity") != cfg.identity:
-            raise UserError(f"{paths.ckpt} belongs to another run (its identity differs); delete "
-                            f"{cfg.out_dir} to train this one there, or pick another --out_dir")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.step, state.tokens_seen = ckpt["step"], np.array(ckpt["tokens_seen"], dtype=np.int64)
