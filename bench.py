@@ -17,7 +17,9 @@ train    tokens/s, MFU and the data path's share of train.train_step per model s
          nanoGPT's training loop on the same model and batch; optionally a profile of a step.
 data     per-batch time of a nanoGPT-style loader against data.gather_windows and
          train.WindowSource, on the same windows.
-gpu      tests/test_gpu.py (its numbers kept), then train for tiny/small/medium with a profile.
+gpu      train for tiny/small/medium (small also with every output layer and CUDA graphs, and a
+         profile by kernel class), train.py's own loop against the bare step, runs side by side
+         on one card, the arXiv sweep's cost with every arm, then tests/test_gpu.py.
 coverage the report's intervals against the truth, by simulation (stats.coverage_table).
 estimate what an arXiv sweep would cost on this CPU (sweep.sh asks, without a GPU).
 
@@ -69,9 +71,15 @@ steps = 0                   # timed steps, median reported (0: 50 on CUDA, 10 on
 compile = "auto"            # torch.compile: "auto" = on for CUDA, off for CPU, as in train.py
 dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU, as in train.py
 train_tokens = 0            # token buffer the windows come from (0: 50M on CUDA, 4M on CPU)
-profile = ""                # size whose step is profiled (kernels by device time); "" = none
-sweep_runs = 27             # the GPU sweep's runs (5 K x 3 seeds + 4 controls x 3 seeds), for
-sweep_tokens = 200_000_000  # ... its cost at size small: each run's training tokens (50M x 4 epochs)
+profile = ""                # size whose step is profiled (kernels by device time); "" = none;
+loss_impls = []             # ... and timed again with these output layers (--what=gpu: all three)
+compile_modes = []          # ... and with these torch.compile modes (--what=gpu: reduce-overhead)
+# gpu: train.py's own loop, several runs per card, and what the whole sweep costs
+loop_size = "small"         # train.py's own loop at this size (config/<size>.py) ...
+loop_tokens = 20_000_000    # ... on this many generated tokens, one epoch
+card_sizes = []             # runs side by side on one card: sizes (default tiny, small, medium) ...
+card_runs = [1, 2, 3, 4]    # ... and how many at once
+card_seconds = 6.0          # timed seconds per measurement (each run steps this long)
 # coverage: the intervals' coverage by simulation (stats.py's regimes)
 replicates = 10000          # simulated experiments per coverage cell (Monte Carlo error ~0.002)
 n_boot = 1000               # bootstrap draws of the baseline method
@@ -374,76 +382,144 @@ def nanogpt_step_fn(model, optimizer, path, batch, device, autocast, rng):
     return step
 
 
-def log_softmax_losses(logits, targets, ignore_index=-1):
-    """model.token_losses as it was before the H200 profile (BENCHMARKS.md): F.cross_entropy,
-    whose compiled backward keeps a float32 copy of the log-probabilities. For comparison only."""
-    import torch.nn.functional as F
-    logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                           ignore_index=ignore_index, reduction="none").view(targets.shape)
-
-
-@contextlib.contextmanager
-def loss_function(fn):
-    """Compile the model with another per-token loss (a fresh compilation inside the block)."""
+def add_cce_output_layer():
+    """
+    cut-cross-entropy (pip install cut-cross-entropy; CUDA, bf16), the field library measured
+    against model.py's output layers, added to model.OUTPUT_LAYERS as "cce": its kernels as a
+    custom operator with its own backward (opaque to torch.compile, so no graph break), without
+    the library's per-step sync (its ignore_index path calls nonzero; here ignored rows get
+    target 0 and a zero gradient), gradient filtering off. On the H200 it was twice as slow as
+    the full logits and its gradients were off by up to 29% (bf16 accumulation): BENCHMARKS.md.
+    """
+    import torch
     import model
-    saved = model.token_losses
-    model.token_losses = fn or saved
-    try:
-        yield
-    finally:
-        model.token_losses = saved
+    if "cce" in model.OUTPUT_LAYERS:
+        return True
+    from cut_cross_entropy.cce_backward import cce_backward_kernel
+    from cut_cross_entropy.cce_lse_forward import cce_lse_forward_kernel
+    from cut_cross_entropy.indexed_dot import indexed_neg_dot_forward_kernel
+
+    @torch.library.custom_op("ergodic_k::cce_losses", mutates_args=())
+    def forward(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lse = cce_lse_forward_kernel(h, w)
+        return indexed_neg_dot_forward_kernel(h, w, targets, out_dtype=torch.float32) + lse, lse
+
+    @forward.register_fake
+    def _(h, w, targets):
+        return h.new_empty(h.shape[0], dtype=torch.float32), h.new_empty(h.shape[0], dtype=torch.float32)
+
+    @torch.library.custom_op("ergodic_k::cce_grads", mutates_args=())
+    def grads(grad: torch.Tensor, h: torch.Tensor, w: torch.Tensor, lse: torch.Tensor,
+              targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = w.detach().requires_grad_(True)        # the library returns dw only for such a w
+        grad_h, grad_w = cce_backward_kernel(grad.contiguous(), h, w, lse, None, None, None, targets=targets)
+        return grad_h, grad_w.to(w.dtype)
+
+    @grads.register_fake
+    def _(grad, h, w, lse, targets):
+        return torch.empty_like(h), torch.empty_like(w)
+
+    def setup_context(ctx, inputs, output):
+        h, w, targets = inputs
+        ctx.save_for_backward(h, w, targets, output[1])
+
+    def backward(ctx, grad_losses, _grad_lse):
+        h, w, targets, lse = ctx.saved_tensors
+        grad_h, grad_w = grads(grad_losses, h, w, lse, targets)
+        return grad_h, grad_w, None
+
+    forward.register_autograd(backward, setup_context=setup_context)
+
+    def cce(h, w, targets, ignore_index):
+        keep = targets != ignore_index
+        return forward(h.contiguous(), w, torch.where(keep, targets, 0))[0] * keep
+    model.OUTPUT_LAYERS["cce"] = cce
+    return True
 
 
-def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work):
-    """Our step (train.train_step on train.WindowSource) against nanoGPT's loop, same model."""
+def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=None):
+    """Model, optimizer and train.py's loop body (train.train_step on train.WindowSource batches)
+    for a size, on random tokens. Returns a namespace with step(i) for Clock.run."""
     import torch
     import train
-    from model import autocast_for, resolve_dtype, resolve_switch
+    from model import autocast_for, resolve_dtype, resolve_loss_impl, resolve_switch
     from model import GPT, GPTConfig
     run_config, vocab = size_config(name)
-    is_cuda = device.type == "cuda"
-    autocast = autocast_for(device, resolve_dtype(cfg.dtype, device))
+    dtype = resolve_dtype(cfg.dtype, device)
+    t = SimpleNamespace(run_config=run_config, vocab=vocab, autocast=autocast_for(device, dtype), losses=[],
+                        batch=batch, path=os.path.join(work, f"tokens_{name}_{os.getpid()}.bin"))
     torch.manual_seed(cfg.seed)
-    raw = GPT(GPTConfig.from_run(run_config, vocab)).to(device)
-    optimizer = raw.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=resolve_switch("auto", device))
-    compiled = resolve_switch(cfg.compile, device)
-    model = torch.compile(raw) if compiled else raw
-    rng = np.random.default_rng(cfg.seed)
-    tokens = rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
-    path = os.path.join(work, f"tokens_{name}.bin")
-    tokens.tofile(path)
-    source = train.WindowSource(tokens, device, on_device=is_cuda)
-    full = np.full(batch, BLOCK)
-    plans = [rng.integers(0, n_tok - WINDOW, size=batch) for _ in range(warm + n_steps)]
-    losses = []
+    t.raw = GPT(GPTConfig.from_run(run_config, vocab)).to(device)
+    t.raw.loss_impl = "cce" if loss_impl == "cce" and add_cce_output_layer() else resolve_loss_impl(loss_impl)
+    t.optimizer = t.raw.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=resolve_switch("auto", device))
+    t.compiled = resolve_switch(cfg.compile, device)
+    t.model = (torch.compile(t.raw, mode=mode) if mode else torch.compile(t.raw)) if t.compiled else t.raw
+    t.rng = np.random.default_rng(cfg.seed)
+    tokens = t.rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
+    tokens.tofile(t.path)
+    t.source = train.WindowSource(tokens, device, on_device=device.type == "cuda")
+    t.full = np.full(batch, BLOCK)
+    t.plans = [t.rng.integers(0, n_tok - WINDOW, size=batch) for _ in range(64)]
 
-    def ours(i):                              # train.py's loop body, without DDP and logging
-        x, y = source.batch(plans[i], full)
-        losses.append(train.train_step(model, optimizer, x, y, autocast, 1.0 / (batch * BLOCK), 1.0))
+    def step(i):                              # train.py's loop body, without DDP and logging
+        x, y = t.source.batch(t.plans[i % len(t.plans)], t.full)
+        t.losses.append(train.train_step(t.model, t.optimizer, x, y, t.autocast, 1.0 / (batch * BLOCK), 1.0))
+    t.step = step
+    return t
 
+
+def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_impl="auto", mode=None,
+                   nanogpt=True):
+    """Our step against nanoGPT's loop on the same compiled model; the output layer `loss_impl`
+    (train.py's resolution of "auto" by default) and torch.compile's `mode` (None: train.py's)."""
+    import torch
+    import train
+    t = training_step(name, cfg, device, n_tok, batch, work, loss_impl, mode)
     clock = Clock(device)
-    t_warm = clock.run(ours, warm)            # compilation happens here
-    s_ours = clock.run(lambda i: ours(warm + i), n_steps)
-    kernels = profile_steps(lambda i: ours(warm + i % n_steps), device) if name == cfg.profile else None
-    if not math.isfinite(float(losses[-1])):
-        raise RuntimeError(f"size {name}: loss {float(losses[-1])} during the benchmark")
-    s_data = clock.run(lambda i: source.batch(plans[warm + i], full), n_steps)
-    nano = nanogpt_step_fn(model, optimizer, path, batch, device, autocast, rng)
-    clock.run(nano, 2)
-    s_nano = clock.run(nano, n_steps)
-    peak_mem = torch.cuda.max_memory_allocated(device) / 1e9 if is_cuda else None
-    flops = raw.flops_per_token()
-    peak = train.device_peak_flops(device, 0.0)
-    tok = batch * BLOCK * n_steps
-    return {"size": f"{name} ({run_config['n_layer']}L-{run_config['n_embd']}d-{run_config['n_head']}h, "
-                    f"vocab {vocab})",
-            "n_params": raw.n_params(), "batch": batch, "compiled": compiled, "warmup_s": t_warm,
+    t_warm = clock.run(t.step, warm)          # compilation happens here
+    s_ours = clock.run(lambda i: t.step(warm + i), n_steps)
+    kernels = profile_steps(lambda i: t.step(warm + i), device) if name == cfg.profile else None
+    if not math.isfinite(float(t.losses[-1])):
+        raise RuntimeError(f"size {name}: loss {float(t.losses[-1])} during the benchmark")
+    s_data = clock.run(lambda i: t.source.batch(t.plans[i % len(t.plans)], t.full), n_steps)
+    s_nano = float("nan")
+    if nanogpt:
+        nano = nanogpt_step_fn(t.model, t.optimizer, t.path, batch, device, t.autocast, t.rng)
+        clock.run(nano, 2)
+        s_nano = clock.run(nano, n_steps)
+    peak_mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    peak, tok, rc = train.device_peak_flops(device, 0.0), batch * BLOCK * n_steps, t.run_config
+    return {"size": f"{name} ({rc['n_layer']}L-{rc['n_embd']}d-{rc['n_head']}h, vocab {t.vocab})",
+            "loss_impl": t.raw.loss_impl, "compile_mode": mode or "default",
+            "n_params": t.raw.n_params(), "batch": batch, "compiled": t.compiled, "warmup_s": t_warm,
             "step_ms": 1e3 * s_ours / n_steps, "tokens_per_s": tok / s_ours,
-            "mfu": flops * tok / s_ours / peak if peak else float("nan"),
+            "mfu": t.raw.flops_per_token() * tok / s_ours / peak if peak else float("nan"),
             "data_ms": 1e3 * s_data / n_steps, "nanogpt_step_ms": 1e3 * s_nano / n_steps,
             "nanogpt_tokens_per_s": tok / s_nano, "speedup_vs_nanogpt": s_nano / s_ours,
             "peak_mem_gb": peak_mem, "profile": kernels}
+
+
+KERNEL_CLASSES = [   # (class, substrings of kernel names), first match wins; by device self time
+    ("output layer: cut-cross-entropy", ("_cce_", "indexed_neg_dot")),
+    ("matrix products (cuBLAS/CUTLASS)", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "_mm_")),
+    ("attention (flash)", ("flash", "fmha", "attention")),
+    ("AdamW and grad clipping", ("adam", "multi_tensor", "foreach", "norm_kernel")),
+    ("fused elementwise/reductions (Triton, incl. the full output layer's cross entropy)", ("triton_",)),
+    ("copies and fills", ("copy", "fill", "memcpy", "memset", "elementwise_kernel", "index")),
+]
+
+
+def kernel_classes(averages, n_steps):
+    """Device time per step by kernel class (KERNEL_CLASSES), from profiler key averages."""
+    totals = {}
+    for event in averages:
+        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if not us or event.device_type.name != "CUDA":
+            continue
+        name = event.key.lower()
+        label = next((c for c, keys in KERNEL_CLASSES if any(k in name for k in keys)), "other")
+        totals[label] = totals.get(label, 0.0) + us / 1e3 / n_steps
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def profile_steps(step, device, n=5):
@@ -457,12 +533,13 @@ def profile_steps(step, device, n=5):
         if cuda:
             torch.cuda.synchronize()
     averages = prof.key_averages()
+    classes = kernel_classes(averages, n) if cuda else {}
     for key in (["self_device_time_total", "self_cuda_time_total"] if cuda else ["self_cpu_time_total"]):
         try:
-            return averages.table(sort_by=key, row_limit=25, max_name_column_width=70)
+            return averages.table(sort_by=key, row_limit=25, max_name_column_width=70), classes
         except Exception:                 # the key's name changed across torch versions
             continue
-    return averages.table(row_limit=25)
+    return averages.table(row_limit=25), classes
 
 
 def bench_train(cfg, work):
@@ -480,18 +557,29 @@ def bench_train(cfg, work):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     peak = train.device_peak_flops(device, 0.0)
     results = []
-    # the profiled size again with the old cross entropy: the optimisation, measured side by side
-    variants = [(name, None) for name in sizes] + [(cfg.profile, log_softmax_losses)] * bool(cfg.profile)
-    for name, losses in variants:
-        with loss_function(losses):
-            results.append(bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work))
-        if losses:
-            results[-1]["size"] += ", log_softmax cross entropy (before)"
+    # the profiled size again with every other output layer, and with CUDA graphs: side by side
+    variants = [(name, "auto", None) for name in sizes]
+    if cfg.profile:
+        from model import resolve_loss_impl
+        default = resolve_loss_impl("auto")
+        variants += [(cfg.profile, impl, None) for impl in cfg.loss_impls if impl != default]
+        variants += [(cfg.profile, "auto", mode) for mode in cfg.compile_modes if mode != "default"]
+    for name, impl, mode in variants:
+        extra = impl != "auto" or mode is not None
+        try:
+            results.append(bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, impl, mode,
+                                          nanogpt=not extra))
+        except Exception as e:            # a variant that fails (a library missing) is named, not fatal
+            print(f"size {name}, loss_impl {impl}, compile mode {mode}: failed: {type(e).__name__}: {e}")
+            continue
+        finally:
+            torch._dynamo.reset()
+            if is_cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+        if extra:
+            results[-1]["size"] += f", {results[-1]['loss_impl']} output layer" + (f", mode {mode}" if mode else "")
             results[-1]["profile"] = None
-        torch._dynamo.reset()
-        if is_cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
     from model import resolve_dtype, resolve_switch
     mode = (f"{'CUDA' if is_cuda else f'CPU ({torch.get_num_threads()} threads)'}, "
             f"{resolve_dtype(cfg.dtype, device)} autocast, "
@@ -500,9 +588,9 @@ def bench_train(cfg, work):
     print(f"\n### train: {mode}; {warm} warmup + {n_steps} timed steps of {batch} windows x {BLOCK} "
           f"targets, timed as one stretch (synchronised at both ends); MFU against "
           f"{peak / 1e12:.2f} TFLOP/s\n")
-    print(table(["size", "params (M)", "batch", "ms/step", "tokens/s", "MFU", "data ms/step",
+    print(table(["size", "output layer", "params (M)", "batch", "ms/step", "tokens/s", "MFU", "data ms/step",
                  "data share", "nanoGPT loop ms/step", "vs nanoGPT loop", "peak GB", "warmup s"],
-                [[r["size"], f"{r['n_params'] / 1e6:.2f}", r["batch"], f"{r['step_ms']:.2f}",
+                [[r["size"], r["loss_impl"], f"{r['n_params'] / 1e6:.2f}", r["batch"], f"{r['step_ms']:.2f}",
                   f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['data_ms']:.3f}",
                   f"{100 * r['data_ms'] / r['step_ms']:.2f}%", f"{r['nanogpt_step_ms']:.2f}",
                   f"{r['speedup_vs_nanogpt']:.2f}x",
@@ -510,13 +598,14 @@ def bench_train(cfg, work):
                  for r in results]))
     for r in results:
         if r["profile"]:
-            print(f"\nprofile of {r['size']}, {5} steps of train.train_step:\n\n```\n{r['profile']}\n```")
-    small = [r for r in results if r["size"].startswith("small")]
-    if small and is_cuda:
-        hours = cfg.sweep_runs * cfg.sweep_tokens / small[0]["tokens_per_s"] / 3600
-        print(f"\nthe GPU sweep at size small: {cfg.sweep_runs} runs x {cfg.sweep_tokens / 1e6:.0f}M "
-              f"training tokens at {small[0]['tokens_per_s']:,.0f} tokens/s = {60 * hours:.0f} min of "
-              f"training, plus each run's compilation and evaluation")
+            text, classes = r["profile"]
+            r["profile"], r["kernel_classes_ms"] = text, classes
+            print(f"\nprofile of {r['size']}, 5 steps of train.train_step:\n\n```\n{text}\n```")
+            if classes:
+                total = sum(classes.values())
+                print(f"\ndevice time per step by kernel class ({total:.2f} ms in all):\n")
+                print(table(["kernel class", "ms/step", "share"],
+                            [[c, f"{ms:.3f}", f"{100 * ms / total:.1f}%"] for c, ms in classes.items()]))
     return {"device": str(device), "mode": mode, "peak_flops": peak, "steps": n_steps,
             "warmup_steps": warm, "sizes": results}
 
@@ -560,34 +649,209 @@ def bench_estimate(cfg):
           f"sweep.sh to insist.")
 
 
+def generated_dataset(path, tokens_per_component, seed):
+    """Two components of random GPT-2 tokens in documents of 20,000 (about an arXiv paper's
+    length, so windows pad as much as on arXiv): train.py's real path without a tokenizer."""
+    import prepare
+    vocab, eot = 50257, 50256
+    rng = np.random.default_rng(seed)
+
+    def build(work):
+        splits = {}
+        for name in ("gen0", "gen1"):
+            splits[name] = {}
+            for split, n in zip(("train", "val", "test"), (tokens_per_component, 200_000, 200_000)):
+                writer = prepare.SplitWriter(os.path.join(work, name), split)
+                for _ in range(max(1, n // 20_000)):
+                    writer.add(np.append(rng.integers(0, eot, size=19_999), eot))
+                splits[name][split] = writer.close()
+        return {"tokenizer": "generated", "vocab_size": vocab, "eot": eot, "components": ["gen0", "gen1"],
+                "splits": splits, "origin": {"generated": "bench.py generated_dataset"}}
+    prepare.build_dataset(path, build, "generated", seed)
+    return path
+
+
+def bench_loop(cfg, work):
+    """
+    train.py itself at size small, K = 2, one epoch of loop_tokens (about 1,500 steps), with the
+    sweep's log, validation and checkpoint intervals: its own log's step rate in steady state
+    (median over log intervals) and in all (every interval, with validation and checkpoints),
+    and each run's fixed costs: the process start to its first step (imports, data, compilation)
+    and evaluate.py's time at 200 and 1000 windows per component.
+    """
+    import subprocess
+    import sys
+    from runs import read_log
+    data = generated_dataset(os.path.join(work, "loop_data"), cfg.loop_tokens // 2, cfg.seed)
+    out = os.path.join(work, "loop_run")
+    cmd = [sys.executable, "train.py", f"config/{cfg.loop_size}.py", f"--data_dir={data}", "--k=2",
+           f"--out_dir={out}", "--epochs=1", f"--batch_size={cfg.batch_size or 128}", "--log_interval=50",
+           "--eval_interval=500", "--ckpt_interval=1000", f"--device={cfg.device}"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=here, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py failed: {proc.stderr[-2000:]}")
+    records = [r for r in read_log(os.path.join(out, "log.jsonl")) if r["kind"] == "train"]
+    steady = records[2:] or records           # past compilation and the first interval
+    tok_per_s = float(np.median([r["tok_per_s"] for r in steady]))
+    # every interval after the first (which holds the compilation), validation and checkpoints included
+    tok_per_s_all = (records[-1]["tokens"] - records[0]["tokens"]) / (records[-1]["elapsed"] - records[0]["elapsed"])
+    loop_s = records[-1]["tokens"] / tok_per_s_all   # the loop's time at that rate, compilation apart
+    result = {"tok_per_s_median": tok_per_s, "tok_per_s_all": tok_per_s_all, "loop_s": loop_s,
+              "process_s": wall, "fixed_s": wall - loop_s, "steps": records[-1]["step"],
+              "step_ms_median": float(np.median([r["step_ms"] for r in steady])),
+              "data_share_median": float(np.median([r["data_ms"] / r["step_ms"] for r in steady])),
+              "first_line": proc.stdout.splitlines()[0] if proc.stdout else ""}
+    for n in (200, 1000):
+        t0 = time.time()
+        subprocess.run([sys.executable, "evaluate.py", out, f"--eval_windows={n}", "--force"], cwd=here,
+                       check=True, capture_output=True, text=True)
+        result[f"evaluate_s_{n}"] = time.time() - t0
+    print(f"\n### train.py's own loop (size small, K = 2, {result['steps']} steps, log every 50, validation "
+          f"every 500, checkpoint every 1000)\n\n{result['first_line']}\n")
+    print(table(["tokens/s (median interval)", "tokens/s (all, with validation and checkpoints)",
+                 "step ms (CUDA events, median)", "data share", "process s", "of it before/after the loop",
+                 "evaluate.py s (200 / 1000 windows per component)"],
+                [[f"{tok_per_s:,.0f}", f"{result['tok_per_s_all']:,.0f}", f"{result['step_ms_median']:.2f}",
+                  f"{100 * result['data_share_median']:.2f}%", f"{wall:.0f}", f"{result['fixed_s']:.0f}",
+                  f"{result['evaluate_s_200']:.1f} / {result['evaluate_s_1000']:.1f}"]]))
+    return result
+
+
+def card_worker(name, cfg, conn):
+    """One run of a size on the shared card: compiled and warmed up, then on each message steps
+    for that many seconds and answers (steps, seconds)."""
+    import torch
+    from model import resolve_device
+    device = resolve_device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    t = training_step(name, cfg, device, 20_000_000, cfg.batch_size or 128, cfg.work_dir)
+    clock = Clock(device)
+    clock.run(t.step, 10)
+    cuda = device.type == "cuda"
+    conn.send(("ready", torch.cuda.max_memory_allocated(device) / 1e9 if cuda else 0.0))
+    while (seconds := conn.recv()) is not None:
+        clock.sync()
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            t.step(n)
+            n += 1
+        clock.sync()
+        conn.send((n, time.perf_counter() - t0))
+
+
+def bench_card(cfg, work):
+    """Aggregate tokens/s of 1..4 runs side by side on one card, per size: separate processes (as
+    sweep.sh starts them), all compiled first, then measured together for card_seconds."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    cfg = SimpleNamespace(**{**vars(cfg), "work_dir": work})
+    sizes, most = list(cfg.card_sizes) or ["tiny", "small", "medium"], max(cfg.card_runs)
+    workers = {}
+    for name in sizes:                        # every worker compiles at once: the card is idle then
+        for i in range(most):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=card_worker, args=(name, cfg, theirs), daemon=True)
+            proc.start()
+            workers[name, i] = (proc, mine)
+    memory = {key: conn.recv()[1] for key, (proc, conn) in workers.items()}
+    results = []
+    for name in sizes:
+        for n in cfg.card_runs:
+            for i in range(n):
+                workers[name, i][1].send(cfg.card_seconds)
+            answers = [workers[name, i][1].recv() for i in range(n)]
+            rate = sum(steps * (cfg.batch_size or 128) * BLOCK / seconds for steps, seconds in answers)
+            results.append({"size": name, "runs": n, "tokens_per_s": rate,
+                            "peak_gb_per_run": max(memory[name, i] for i in range(n))})
+    for proc, conn in workers.values():
+        conn.send(None)
+        proc.join(timeout=30)
+    single = {r["size"]: r["tokens_per_s"] for r in results if r["runs"] == 1}
+    print(f"\n### runs side by side on one card ({cfg.card_seconds:.0f} s each, train.train_step at batch 128)\n")
+    print(table(["size", "runs", "aggregate tokens/s", "vs one run", "peak GB per run"],
+                [[r["size"], r["runs"], f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s'] / single[r['size']]:.2f}x",
+                  f"{r['peak_gb_per_run']:.1f}"] for r in results]))
+    return results
+
+
+SWEEP_ARMS = {   # arm: (runs per seed over K = 2..5 (K = 1: the mixture only), steps as a share of a mixture's)
+    "mixture": lambda ks: [(k, 1.0) for k in ks],
+    "steps-matched control": lambda ks: [(k, 1.0) for k in ks if k >= 2],
+    "exposure-matched control": lambda ks: [(k, 1.0 / k) for k in ks if k >= 2],
+    "tagged mixture": lambda ks: [(k, 1.0) for k in ks if k >= 2],
+}
+
+
+def sweep_cost(tokens_per_run, tok_per_s_per_slot, slots, fixed_s, eval_s, ks=(1, 2, 3, 4, 5), seeds=3):
+    """Wall hours of the arXiv sweep with every arm: runs (each a share of a mixture's steps)
+    spread over `slots` runs at once, each slot at tok_per_s_per_slot, plus every run's fixed
+    start/compile time and evaluation. Returns (runs, mixture-equivalents, hours)."""
+    shares = [share for arm in SWEEP_ARMS.values() for _, share in arm(list(ks))] * seeds
+    train_s = sum(shares) * tokens_per_run / tok_per_s_per_slot
+    return len(shares), sum(shares), (train_s + len(shares) * (fixed_s + eval_s)) / slots / 3600
+
+
 def bench_gpu(cfg, work):
     """
-    Every GPU check and benchmark in one command, each part kept when a later one fails:
-    tests/test_gpu.py (its numbers saved through GPU_TEST_REPORT), then the train benchmark for
-    tiny, small and medium against nanoGPT's loop, with a profile of small's step.
+    Every GPU measurement in one command, each part kept when a later one fails: the train
+    benchmark (tiny, small, medium against nanoGPT's loop; small with every output layer and
+    with CUDA graphs; a profile by kernel class), train.py's own loop, runs side by side on one
+    card, what the arXiv sweep with every arm costs from those numbers, then tests/test_gpu.py.
     """
     import subprocess
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
+    cfg.profile = cfg.profile or "small"
+    cfg.loss_impls = list(cfg.loss_impls) or ["chunked", "cce"]      # beside "full", train.py's
+    cfg.compile_modes = list(cfg.compile_modes) or ["reduce-overhead"]    # CUDA graphs
+    result = {}
+    for part, fn in (("train", bench_train), ("loop", bench_loop), ("card", bench_card)):
+        t0 = time.time()
+        try:
+            result[part] = fn(cfg, work)
+        except Exception as e:                # keep what finished when a part fails
+            result[f"{part}_error"] = f"{type(e).__name__}: {e}"
+            print(f"\n{part} benchmark failed: {result[f'{part}_error']}")
+        print(f"({part}: {time.time() - t0:.0f}s)")
+        if cfg.json:
+            save_record(cfg.json + ".partial", result, first=True)
+    if "loop" in result and "card" in result:
+        result["sweep"] = print_sweep_cost(result["loop"], result["card"])
     numbers = os.path.join(work, "gpu_test_report.json")
     t0 = time.time()
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_gpu.py"], cwd=here,
                            env=dict(os.environ, GPU_TEST_REPORT=numbers), capture_output=True, text=True)
     print(f"\n### tests/test_gpu.py ({time.time() - t0:.0f}s, exit {tests.returncode})\n\n```\n"
           f"{tests.stdout[-6000:]}\n{tests.stderr[-2000:]}\n```")
-    result = {"tests": {"returncode": tests.returncode, "seconds": time.time() - t0,
-                        "summary": (tests.stdout.strip().splitlines() or [""])[-1]}}
+    result["tests"] = {"returncode": tests.returncode, "seconds": time.time() - t0,
+                       "summary": (tests.stdout.strip().splitlines() or [""])[-1]}
     if os.path.exists(numbers):
         with open(numbers) as f:
             result["tests"]["numbers"] = _json.load(f)
         print(f"\nnumbers from the test run: {_json.dumps(result['tests']['numbers'])}")
-    cfg.profile = cfg.profile or "small"
-    try:
-        result["train"] = bench_train(cfg, work)
-    except Exception as e:                   # keep the test results when the benchmark fails
-        result["train_error"] = f"{type(e).__name__}: {e}"
-        print(f"\ntrain benchmark failed: {result['train_error']}")
     return result
+
+
+def print_sweep_cost(loop, card):
+    """The sweep's wall time at each number of runs per card, from train.py's measured loop."""
+    small = {r["runs"]: r["tokens_per_s"] for r in card if r["size"] == "small"}
+    eval_s = loop["evaluate_s_1000"] + (loop["evaluate_s_1000"] - loop["evaluate_s_200"]) / 1600 * 9000
+    rows, out = [], {}
+    for runs, aggregate in small.items():
+        # train.py's loop at this many runs per card: its own rate scaled by the card's gain
+        per_slot = loop["tok_per_s_all"] * aggregate / small[1] / runs
+        n_runs, equivalents, hours = sweep_cost(200_000_000, per_slot, runs, loop["fixed_s"], eval_s)
+        out[runs] = hours
+        rows.append([runs, n_runs, f"{equivalents:.2f}", f"{per_slot * runs:,.0f}", f"{60 * hours:.0f}"])
+    print(f"\n### the default arXiv sweep with every arm, 3 seeds, size small (200M training tokens per "
+          f"mixture run; per run {loop['fixed_s']:.0f} s of start and compilation and {eval_s:.0f} s of "
+          f"evaluation over 11 categories x 1000 windows); prepare not included\n")
+    print(table(["runs per card", "runs", "mixture-run equivalents", "train.py tokens/s (card)", "wall minutes"],
+                rows))
+    return out
 
 
 # -----------------------------------------------------------------------------

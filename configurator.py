@@ -135,5 +135,7 @@ def configure(defaults, argv):
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text
+            if isinstance(defaults.get(key), str) and not isinstance(value, (str, bool)):
+                value = text            # a string key keeps the text as typed: --group=020e81 is no float
             set_key(key, value, arg)
     return config

@@ -172,21 +172,30 @@ class StepPlan:
         self.rows = world * math.ceil(rows / world)
         self.world = world
         self.mixture = mixture
-        self._epoch, self._windows, self._bounds = None, None, None
+        self._epoch, self._table = None, None
+
+    def epoch_table(self, seed, epoch):
+        """
+        Every step of an epoch at once: (starts, n_targets, comp) arrays of shape
+        (steps_per_epoch, rows), row j holding step j's windows then padding (start 0, no targets,
+        component -1). Built once per epoch; train.py on CUDA uploads it whole, so no step copies.
+        """
+        if self._epoch != (seed, epoch):
+            starts, n_targets, comp = self.mixture.epoch_windows(seed, epoch)
+            bounds = np.linspace(0, len(starts), self.steps_per_epoch + 1).round().astype(np.int64)
+            index = bounds[:-1, None] + np.arange(self.rows)[None, :]
+            real = index < bounds[1:, None]
+            index = np.minimum(index, len(starts) - 1)
+            self._epoch = (seed, epoch)
+            self._table = (np.where(real, starts[index], 0), np.where(real, n_targets[index], 0),
+                           np.where(real, comp[index], -1))
+        return self._table
 
     def step(self, seed, step):
         """The rows of a global step: (starts, n_targets, comp) arrays of length rows, and epoch."""
         epoch, j = divmod(step, self.steps_per_epoch)
-        if self._epoch != epoch:         # once an epoch: its windows, and where each step's begin
-            self._epoch, self._windows = epoch, self.mixture.epoch_windows(seed, epoch)
-            n_windows = len(self._windows[0])
-            self._bounds = np.linspace(0, n_windows, self.steps_per_epoch + 1).round().astype(np.int64)
-        starts, n_targets, comp = self._windows
-        lo, hi = self._bounds[j], self._bounds[j + 1]
-        pad = self.rows - (hi - lo)
-        return (np.concatenate([starts[lo:hi], np.zeros(pad, dtype=np.int64)]),
-                np.concatenate([n_targets[lo:hi], np.zeros(pad, dtype=np.int64)]),
-                np.concatenate([comp[lo:hi], np.full(pad, -1)]), epoch)
+        starts, n_targets, comp = self.epoch_table(seed, epoch)
+        return starts[j], n_targets[j], comp[j], epoch
 
     def for_rank(self, rows, rank):
         """This rank's share of a step's rows: every world-th row, so ranks never overlap."""

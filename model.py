@@ -71,6 +71,78 @@ def token_losses(logits, targets, ignore_index=-1):
     return TokenCrossEntropy.apply(logits, targets, ignore_index)
 
 
+# -----------------------------------------------------------------------------
+# the output layer in training: linear + cross entropy without the full logits
+
+LOSS_IMPLS = ("full", "chunked")
+VOCAB_CHUNK = 8192          # columns of the logits the chunked output layer holds at once
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """
+    Per-token cross entropy of hidden states h (N, C) against output weights w (V, C) that never
+    holds the N x V logits: forward takes the vocabulary `chunk` columns at a time and keeps only
+    each row's log-sum-exp and target logit; backward recomputes each chunk's logits to form
+    softmax minus one-hot there. Peak memory is one chunk of logits; the price is one more
+    matrix product (the recomputation). h and w arrive in the compute dtype (bf16 under
+    autocast), so backward, which runs outside autocast, multiplies in the same precision.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, targets, ignore_index, chunk):
+        keep = targets != ignore_index
+        safe = torch.where(keep, targets, 0)
+        lse_parts, target_logit = [], torch.zeros(h.shape[0], device=h.device)
+        for lo in range(0, w.shape[0], chunk):
+            logits = (h @ w[lo:lo + chunk].T).float()
+            lse_parts.append(torch.logsumexp(logits, dim=-1))
+            inside = (safe >= lo) & (safe < lo + logits.shape[1])
+            picked = logits.gather(-1, (safe - lo).clamp(0, logits.shape[1] - 1).unsqueeze(-1)).squeeze(-1)
+            target_logit = target_logit + torch.where(inside, picked, 0.0)
+        lse = torch.logsumexp(torch.stack(lse_parts, dim=-1), dim=-1)
+        ctx.save_for_backward(h, w, safe, keep, lse)
+        ctx.chunk = chunk
+        return (lse - target_logit) * keep
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        h, w, safe, keep, lse = ctx.saved_tensors
+        scale = (grad_losses * keep).unsqueeze(-1)
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+        grad_w = torch.empty_like(w)
+        for lo in range(0, w.shape[0], ctx.chunk):
+            w_chunk = w[lo:lo + ctx.chunk]
+            probs = torch.exp((h @ w_chunk.T).float() - lse.unsqueeze(-1))
+            target = torch.arange(lo, lo + w_chunk.shape[0], device=h.device) == safe.unsqueeze(-1)
+            grad_logits = ((probs - target.float()) * scale).to(h.dtype)
+            grad_h += (grad_logits @ w_chunk).float()
+            grad_w[lo:lo + ctx.chunk] = grad_logits.T @ h
+        return grad_h.to(h.dtype), grad_w, None, None, None
+
+
+def chunked_losses(h, w, targets, ignore_index):
+    return ChunkedLinearCrossEntropy.apply(h, w, targets, ignore_index, VOCAB_CHUNK)
+
+
+# training's output layers that never write the full logits, by name: (h (N, C) and w (V, C) in
+# the compute dtype, targets (N,), ignore_index) -> per-token losses (N,). bench.py adds the
+# field library it compares against (cut-cross-entropy) here; train.py offers LOSS_IMPLS.
+OUTPUT_LAYERS = {"chunked": chunked_losses}
+
+
+def output_layer_losses(h, weight, targets, impl, ignore_index=-1):
+    """
+    Training's per-token losses (B, T) from hidden states h (B, T, C) and the real vocabulary's
+    output weights (V, C) through an output layer of OUTPUT_LAYERS. GPT.forward's "full" path,
+    the logits then TokenCrossEntropy, is the reference (and what inference always uses);
+    "chunked" gives its numbers within bf16 rounding (tests/test_train.py, tests/test_gpu.py).
+    """
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    losses = OUTPUT_LAYERS[impl](h.reshape(-1, h.shape[-1]).to(dtype), weight.to(dtype), targets.reshape(-1),
+                                 ignore_index)
+    return losses.view(targets.shape)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -128,6 +200,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab, bias=False)
         self.lm_head.weight = self.wte.weight          # tied embeddings
+        self.loss_impl = "full"     # training's output layer (output_layer_losses); not a weight
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -157,10 +230,15 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))[..., :self.config.vocab_size]
+        x = self.ln_f(x)
         if targets is None:
-            return logits
-        return token_losses(logits, targets, ignore_index)
+            return self.lm_head(x)[..., :self.config.vocab_size]
+        # training (gradients on) may take a fused output layer; inference always writes the
+        # logits, so evaluation's per-position losses are exact whatever trained the model
+        if self.loss_impl == "full" or not torch.is_grad_enabled():
+            return token_losses(self.lm_head(x)[..., :self.config.vocab_size], targets, ignore_index)
+        return output_layer_losses(x, self.lm_head.weight[:self.config.vocab_size], targets,
+                                   self.loss_impl, ignore_index)
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
@@ -215,6 +293,17 @@ def resolve_switch(value, device, key="switch"):
         return device.type == "cuda"
     if not isinstance(value, bool):          # bool("off") is True: never guess
         raise UserError(f"{key}={value!r}: use auto, True or False")
+    return value
+
+
+def resolve_loss_impl(value):
+    """Training's output layer: "auto" is the full logits on every device (on an H200 the
+    fastest of full, chunked and cut-cross-entropy, BENCHMARKS.md); "chunked" bounds the memory
+    of the logits to one chunk (a larger vocabulary or batch) at about a quarter more step time."""
+    if value == "auto":
+        return "full"
+    if value not in LOSS_IMPLS:
+        raise UserError(f"loss_impl={value!r}: use auto, {', '.join(LOSS_IMPLS)}")
     return value
 
 

@@ -117,7 +117,7 @@ def provenance():
 # train.py's config is, with the data's content fingerprint. A key added to train.py later joins
 # the identity, so runs made before it get new names and are trained again, never mixed in.
 NOT_IDENTITY = ("run_name", "out_root", "out_dir", "data_dir", "size", "identity", "print_run_dir",
-                "device", "compile", "dtype", "fused_adamw", "gpu_resident", "cpu_threads",
+                "device", "compile", "dtype", "fused_adamw", "gpu_resident", "loss_impl", "cpu_threads",
                 "log_interval", "eval_interval", "val_windows", "ckpt_interval", "peak_flops",
                 "wandb_log", "wandb_project", "wandb_run_name")
 # What may differ between the runs of one experiment: its seeds, and K with the mixture K implies

@@ -25,7 +25,9 @@ CONTROLS=${CONTROLS:-1}                       # 1: for every K >= 2 and seed, th
 OUT=${OUT:-out}                               # runs root
 RESULTS=${RESULTS:-results}                   # figures, tables, REPORT.md
 PYTHON=${PYTHON:-python}
-PARALLEL=${PARALLEL:-auto}                    # runs side by side: GPUs visible, or cores on CPU
+PARALLEL=${PARALLEL:-auto}                    # runs at once in all: GPUs x RUNS_PER_GPU, or cores on CPU
+RUNS_PER_GPU=${RUNS_PER_GPU:-auto}            # runs side by side on one card; auto: by model size, from
+                                              # the measured throughput (BENCHMARKS.md, "runs per card")
 FORCE_CPU=${FORCE_CPU:-0}                     # 1: run the arXiv sweep even without a GPU
 EVAL_ARGS=${EVAL_ARGS:-""}                    # e.g. "--eval_windows=500"
 if [[ $MODE == arxiv ]]; then
@@ -42,6 +44,7 @@ else
 fi
 # -----------------------------------------------------------------------------------------------
 
+VISIBLE_GPUS=${CUDA_VISIBLE_DEVICES:-}        # the user's list, before slots narrow it per run
 mkdir -p "$OUT"
 SWEEP_LOG="$OUT/sweep.log"
 say() { echo "[$(date '+%H:%M:%S')] $*" | tee -a "$SWEEP_LOG"; }
@@ -85,7 +88,7 @@ trap on_interrupt INT TERM
 say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, controls $([[ $CONTROLS == 1 ]] && echo on || echo off), data $DATA, extra: ${EXTRA[*]:-none}"
 
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
-N_GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+N_GPUS=${N_GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)}
 if [[ $MODE == arxiv && $N_GPUS -eq 0 && $FORCE_CPU != 1 ]]; then
   $PYTHON bench.py --what=estimate --data_dir="$DATA" --sizes="${SIZES// /,}" --ks="${KS// /,}" \
     --seeds="${SEEDS// /,}" --controls="$CONTROLS"
@@ -98,8 +101,12 @@ if [[ ! -f "$DATA/meta.json" ]]; then
   [[ ${PIPESTATUS[0]} -eq 0 ]] || { say "prepare failed (see above)"; exit 1; }
 fi
 
+# runs per card: on an H200 (bench.py --what=gpu, BENCHMARKS.md) one run of tiny, small or medium
+# keeps the card busy, and 2-4 runs side by side (time-sliced, 3-4 GB each) gave 0.89-0.90x of one
+# run's tokens/s, so auto is one run per card; RUNS_PER_GPU=2 can pay where runs leave the card idle
+[[ $RUNS_PER_GPU == auto ]] && RUNS_PER_GPU=1
 if [[ $PARALLEL == auto ]]; then
-  if [[ $N_GPUS -gt 0 ]]; then PARALLEL=$N_GPUS; else PARALLEL=$(nproc); fi
+  if [[ $N_GPUS -gt 0 ]]; then PARALLEL=$((N_GPUS * RUNS_PER_GPU)); else PARALLEL=$(nproc); fi
   [[ $MODE == arxiv && $N_GPUS -eq 0 ]] && PARALLEL=1
 fi
 
@@ -110,7 +117,11 @@ if [[ $CONTROLS == 1 ]]; then
   for size in $SIZES; do for k in $KS; do [[ $k -ge 2 ]] || continue
     for seed in $SEEDS; do RUNS+=("$size:$k:$seed:1"); done; done; done
 fi
-say "${#RUNS[@]} runs, $PARALLEL at a time"
+if [[ $N_GPUS -gt 0 ]]; then
+  say "${#RUNS[@]} runs, $PARALLEL at a time on $N_GPUS GPU(s) (slot i on GPU i mod $N_GPUS)"
+else
+  say "${#RUNS[@]} runs, $PARALLEL at a time"
+fi
 
 # ---- 3. train + evaluate each run (one slot per GPU, or per core on CPU) ---------------------------
 run_one() {   # size k seed control slot
@@ -119,10 +130,12 @@ run_one() {   # size k seed control slot
   [[ $MODE == arxiv ]] && configs="config/$size.py"
   [[ $control == 1 ]] && label="k${k} control"
   local args=($configs --data_dir="$DATA" --out_root="$OUT" --k="$k" --seed="$seed" --control="$control" "${EXTRA[@]}")
-  if [[ $N_GPUS -gt 1 ]]; then          # one GPU per slot, from the list the user gave, if any
+  local where=""
+  if [[ $N_GPUS -gt 1 ]]; then          # slots spread over the GPUs, from the list the user gave, if any
     local gpus
-    IFS=, read -r -a gpus <<<"${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((N_GPUS - 1)))}"
+    IFS=, read -r -a gpus <<<"${VISIBLE_GPUS:-$(seq -s, 0 $((N_GPUS - 1)))}"
     export CUDA_VISIBLE_DEVICES=${gpus[$((slot % ${#gpus[@]}))]}
+    where=" on GPU $CUDA_VISIBLE_DEVICES"
   fi
   # the run's folder is named by its identity: train.py says which it is
   if ! dir=$($PYTHON train.py "${args[@]}" --print_run_dir 2>&1); then
@@ -137,7 +150,7 @@ run_one() {   # size k seed control slot
   fi
   mkdir -p "$dir"
   [[ -f "$dir/ckpt.pt" && ! -f "$dir/done" ]] && say "$name: resuming"
-  [[ ! -f "$dir/ckpt.pt" ]] && say "$name: training"
+  [[ ! -f "$dir/ckpt.pt" ]] && say "$name: training$where"
   # train.py and evaluate.py each return at once when their part is already done for this identity
   $PYTHON train.py "${args[@]}" >>"$log" 2>&1; rc=$?
   if [[ $rc -ne 0 ]]; then

@@ -32,7 +32,7 @@ from configurator import UserError, config_defaults, configure, run_cli
 from data import BLOCK, WINDOW, Dataset, fixed_windows, gather_windows
 from mixture import Mixture, StepPlan, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
-                   resolve_dtype, resolve_switch)
+                   resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS)
 from runs import (atomic_path, experiment_identity, identity_config, load_checkpoint, lock_folder,
                   provenance, read_log, read_run_file, run_identity, default_run_name, size_label,
                   stop_with_sweep, write_json)
@@ -59,6 +59,8 @@ device = "auto"             # "auto", "cpu", "cuda", "cuda:1"
 compile = "auto"            # torch.compile: "auto" = on for CUDA, off for CPU; True/False honoured
 dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CPU; or either by name
 fused_adamw = "auto"        # fused AdamW kernel: "auto" = on for CUDA, off for CPU
+loss_impl = "auto"          # training's output layer + cross entropy: "full" (the logits, then the
+                            # loss; "auto", the fastest) or "chunked" (never the full logits)
 gpu_resident = "auto"       # keep the mixture's tokens on the device and gather windows there:
                             # "auto" = on for CUDA; True on CPU runs the CUDA path's torch gather
 cpu_threads = 0             # torch threads on CPU; 0 = torch's default. Tiny models run fastest
@@ -95,12 +97,14 @@ wandb_run_name = ""
 class WindowSource:
     """
     Turns (starts, n_targets) into (x, y) tensors on the training device. On CUDA the mixture's
-    tokens live on the GPU and windows are gathered there (no host round trip per step); else
-    windows are gathered from the host buffer by the numpy twin of the same arithmetic.
+    tokens live on the GPU and windows are gathered there, from an epoch's step plan uploaded
+    once (no host-to-device copy and no sync per step, so the host queues steps ahead of the
+    GPU); else windows are gathered from the host buffer by the numpy twin of the same arithmetic.
     """
 
     def __init__(self, tokens, device, on_device):
         self.device, self.on_device = device, on_device
+        self.epoch, self.plan_on_device = None, None
         if on_device:
             self.tokens = torch.from_numpy(tokens.astype(np.int32)).to(device)
             self.offsets = torch.arange(WINDOW, device=device)
@@ -108,23 +112,41 @@ class WindowSource:
         else:
             self.tokens = tokens
 
+    def step_batch(self, plan, seed, step, rank):
+        """A global step's (x, y) for this rank, with the whole step's n_targets and components
+        (every rank counts every row's tokens) and its epoch."""
+        starts, n_targets, comp, epoch = plan.step(seed, step)
+        if not self.on_device:
+            return (*self.batch(*plan.for_rank((starts, n_targets), rank)), n_targets, comp, epoch)
+        if self.epoch != (seed, epoch):
+            table = plan.epoch_table(seed, epoch)
+            self.plan_on_device = [torch.from_numpy(np.ascontiguousarray(a[:, rank::plan.world])).to(self.device)
+                                   for a in table[:2]]
+            self.epoch = (seed, epoch)
+        j = step % plan.steps_per_epoch
+        return (*self.gather(self.plan_on_device[0][j], self.plan_on_device[1][j]), n_targets, comp, epoch)
+
     def batch(self, starts, n_targets):
+        """(x, y) of windows given as numpy arrays."""
         if self.on_device:
-            starts = torch.from_numpy(starts).to(self.device, non_blocking=True)
-            n_targets = torch.from_numpy(n_targets).to(self.device, non_blocking=True)
-            window = self.tokens[starts[:, None] + self.offsets[None, :]].long()
-            # contiguous, like every other batch the model sees: a compiled model specialises
-            # on strides and would otherwise compile a second graph for other callers
-            x, y = window[:, :-1].contiguous(), window[:, 1:].clone()
-            # masked_fill, not y[mask] = -1: boolean indexing waits for the GPU (nonzero), and
-            # a wait every step stops the host from queueing the next step while this one runs
-            return x, y.masked_fill_(self.positions[None, :] >= n_targets[:, None], -1)
+            return self.gather(torch.from_numpy(starts).to(self.device, non_blocking=True),
+                               torch.from_numpy(n_targets).to(self.device, non_blocking=True))
         x, y = gather_windows(self.tokens, starts, n_targets)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if self.device.type == "cuda":
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))
         return x, y
+
+    def gather(self, starts, n_targets):
+        """(x, y) from the device's tokens for windows given as device tensors."""
+        window = self.tokens[starts[:, None] + self.offsets[None, :]].long()
+        # contiguous, like every other batch the model sees: a compiled model specialises on
+        # strides and would otherwise compile a second graph for other callers
+        x, y = window[:, :-1].contiguous(), window[:, 1:].clone()
+        # masked_fill, not y[mask] = -1: boolean indexing waits for the GPU (nonzero), and a wait
+        # every step stops the host from queueing the next step while this one runs
+        return x, y.masked_fill_(self.positions[None, :] >= n_targets[:, None], -1)
 
 
 class StepClock:
@@ -226,7 +248,8 @@ def read_config(argv):
               (cfg.token_budget >= 0, "token_budget", "use a positive number, or 0 for the default"),
               (cfg.n_embd % cfg.n_head == 0, "n_embd", f"must be a multiple of n_head={cfg.n_head}"),
               (cfg.learning_rate > 0 and cfg.min_lr >= 0, "learning_rate", "use a positive rate"),
-              (cfg.dtype in ("auto", "bfloat16", "float32"), "dtype", "use auto, bfloat16 or float32")]
+              (cfg.dtype in ("auto", "bfloat16", "float32"), "dtype", "use auto, bfloat16 or float32"),
+              (cfg.loss_impl in ("auto", *LOSS_IMPLS), "loss_impl", f"use auto, {', '.join(LOSS_IMPLS)}")]
     checks += [(getattr(cfg, key) in ("auto", True, False), key, "use auto, True or False")
                for key in ("compile", "fused_adamw", "gpu_resident")]
     checks += [(getattr(cfg, key) >= 1, key, "must be a positive integer")
@@ -307,16 +330,18 @@ def clear_leftovers(out_dir):
 
 def resolve_runtime(cfg, device):
     """How this process runs the model: the "auto" switches resolved for the device, once."""
-    return SimpleNamespace(compiled=resolve_switch(cfg.compile, device, "compile"),
-                           dtype=resolve_dtype(cfg.dtype, device),
+    dtype = resolve_dtype(cfg.dtype, device)
+    return SimpleNamespace(compiled=resolve_switch(cfg.compile, device, "compile"), dtype=dtype,
                            fused_adamw=resolve_switch(cfg.fused_adamw, device, "fused_adamw"),
-                           data_on_device=resolve_switch(cfg.gpu_resident, device, "gpu_resident"))
+                           data_on_device=resolve_switch(cfg.gpu_resident, device, "gpu_resident"),
+                           loss_impl=resolve_loss_impl(cfg.loss_impl))
 
 
 def build_model(cfg, runtime, n_components, dataset, device, paths):
     """The model and optimizer, restored from the run's checkpoint when it has one (check_folder
     has checked that the checkpoint is this run's)."""
     model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size)).to(device)
+    model.loss_impl = runtime.loss_impl
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                           fused=runtime.fused_adamw)
     state = SimpleNamespace(step=0, tokens_seen=np.zeros(n_components, dtype=np.int64))
@@ -384,7 +409,8 @@ def announce(run, mixture, resume):
             f"{run.share.epochs} epochs = {run.total_steps:,} steps of ~{cfg.batch_size} windows; model "
             f"{size_label(vars(cfg))} with {run.raw_model.n_params() / 1e6:.2f}M params; {device} "
             f"({'compiled' if runtime.compiled else 'eager'}, {runtime.dtype}"
-            f"{', fused AdamW' if runtime.fused_adamw else ''}); data "
+            f"{', fused AdamW' if runtime.fused_adamw else ''}"
+            f"{'' if runtime.loss_impl == 'full' else f', {runtime.loss_impl} output layer'}); data "
             f"{'on device' if runtime.data_on_device else 'gathered on host'}")
     if resume:
         run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
@@ -493,8 +519,7 @@ def train_loop(run):
     try:
         while state.step < run.total_steps:
             t_begin = clock.mark()
-            starts, n_targets, comp, epoch = plan.step(cfg.seed, state.step)
-            x, y = run.source.batch(*plan.for_rank((starts, n_targets), run.rank))
+            x, y, n_targets, comp, epoch = run.source.step_batch(plan, cfg.seed, state.step, run.rank)
             t_data = clock.mark()
             lr = learning_rate_at(state.step, cfg, run.total_steps)
             for group in run.optimizer.param_groups:

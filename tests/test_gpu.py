@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from data import BLOCK, Dataset
+from model import GPT, GPTConfig
 from conftest import REALTEXT, ROOT, TIKTOKEN_CACHE, make_real_vocab
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -127,6 +128,7 @@ def test_cuda_path_is_compiled_bf16_on_device_without_recompiles(gpu_run):
     runtime = config["runtime"]
     assert (runtime["compiled"], runtime["dtype"], runtime["fused_adamw"], runtime["data_on_device"]) == \
         (True, "bfloat16", True, True)
+    assert runtime["loss_impl"] == "full"
     assert "compiled, bfloat16, fused AdamW" in gpu_run["second"].stdout
     for stderr in (gpu_run["first"][2], gpu_run["second"].stderr):
         assert "[__graph_breaks]" not in stderr, stderr[-3000:]
@@ -171,3 +173,29 @@ def test_two_rank_nccl_ddp(gpu_run, tmp_path):
     done = json.load(open(os.path.join(out, "done")))
     assert config["runtime"]["world_size"] == 2
     assert done["tokens_per_component"] == config["mixture"]["tokens"]
+
+
+@pytest.mark.parametrize("impl", ["chunked"])
+def test_fused_output_layer_matches_the_full_logits_in_bf16(impl):
+    """The output layers that never write the logits give the full path's per-token losses and
+    gradients within bf16 rounding, at GPT-2's vocabulary, with ignored targets."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=256)).cuda()
+    x = torch.randint(0, 50257, (16, BLOCK), device="cuda")
+    y = torch.randint(0, 50257, (16, BLOCK), device="cuda")
+    y[3, 40:] = -1
+    results = {}
+    for name in ("full", impl):
+        model.loss_impl = name
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            losses = model(x, y)
+        (losses.sum() / (y >= 0).sum()).backward()
+        results[name] = losses.detach(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
+    (ref, ref_grads), (ours, our_grads) = results["full"], results[impl]
+    assert torch.all(ours[3, 40:] == 0)
+    loss_gap = (ours - ref).abs().max().item()
+    grad_gaps = {n: ((our_grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items()}
+    report(**{f"{impl}_max_loss_gap": loss_gap, f"{impl}_max_grad_rel_gap": max(grad_gaps.values())})
+    assert loss_gap < 0.05, loss_gap                        # bf16 logits: ~2^-8 relative
+    assert max(grad_gaps.values()) < 0.03, grad_gaps

@@ -8,6 +8,7 @@ import glob
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,6 +79,7 @@ def test_two_processes_never_share_a_run_folder(tiny_synthetic, tmp_path):
     deadline = time.time() + 60
     while not os.path.exists(os.path.join(folder, "log.jsonl")) and time.time() < deadline:
         time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)        # holding its lock, however fast the machine would finish
     try:
         for cmd in (["train.py", *args], ["evaluate.py", folder]):
             second = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -85,6 +87,7 @@ def test_two_processes_never_share_a_run_folder(tiny_synthetic, tmp_path):
             assert second.returncode == 2 and len(lines) == 1, second.stderr
             assert f"in use by another process (PID {first.pid}, train.py)" in lines[0]
     finally:
+        first.send_signal(signal.SIGCONT)
         first.terminate()
         first.communicate(timeout=60)
 

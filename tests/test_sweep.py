@@ -32,7 +32,9 @@ def run_sweep(tmp, *args, **extra):
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    result = run_sweep(tmp, "--token_budget=1500", "--epochs=2")
+    # two faked GPUs with two runs per card: four slots, dealt to the GPUs in turn (on CPU the
+    # CUDA_VISIBLE_DEVICES each run gets changes nothing else)
+    result = run_sweep(tmp, "--token_budget=1500", "--epochs=2", N_GPUS="2", RUNS_PER_GPU="2", PARALLEL="auto")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp, result
 
@@ -68,6 +70,23 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
         assert os.path.exists(os.path.join(tmp, "results", target)), target
     assert f"{tmp}/results/REPORT.md" in result.stdout
     assert os.path.exists(f"{tmp}/out/sweep.log")
+
+
+def test_runs_per_card_and_parallel_deal_slots_to_the_gpus(finished_sweep):
+    tmp, result = finished_sweep
+    assert "3 runs, 4 at a time on 2 GPU(s)" in result.stdout
+    gpus = dict(re.findall(r"(synthetic_k[\w-]+?)_[0-9a-f]{8}: training on GPU (\d)", result.stdout))
+    # slot i runs the runs i, i + 4, ... and sits on GPU i mod 2: the K=1 and the control on GPU 0
+    assert gpus == {"synthetic_k1_1L-16d-2h_s1": "0", "synthetic_k2_1L-16d-2h_s1": "1",
+                    "synthetic_k2ctrl_1L-16d-2h_s1": "0"}, result.stdout
+
+
+def test_parallel_keeps_meaning_runs_at_once(tmp_path):
+    """PARALLEL overrides the runs at once whatever RUNS_PER_GPU says (checked before any run)."""
+    result = run_sweep(tmp_path, "--token_budget=1500", "--epochs=2", N_GPUS="3", RUNS_PER_GPU="2",
+                       PARALLEL="5", KS="1", SEEDS="1", CONTROLS="0")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 runs, 5 at a time on 3 GPU(s)" in result.stdout
 
 
 def test_second_invocation_trains_nothing(finished_sweep):
@@ -188,7 +207,8 @@ def test_an_ablation_lands_beside_the_default_runs(finished_sweep):
 
 def test_arxiv_sweep_without_gpu_stops_with_an_estimate(tmp_path):
     result = subprocess.run(["bash", "sweep.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, OUT=f"{tmp_path}/out", DATA=f"{tmp_path}/arxiv"))
+                            env=dict(os.environ, OUT=f"{tmp_path}/out", DATA=f"{tmp_path}/arxiv",
+                                     CUDA_VISIBLE_DEVICES=""))     # no GPU, also on a GPU host
     assert result.returncode == 1
     assert "no GPU visible" in result.stdout and "bash sweep.sh synthetic" in result.stdout
     assert "days" in result.stdout

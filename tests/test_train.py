@@ -14,6 +14,7 @@ import torch
 import train
 from configurator import UserError
 from data import BLOCK, Dataset, gather_windows
+from model import GPT, GPTConfig, resolve_device
 from conftest import ROOT, make_synthetic
 
 TINY_MODEL = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu",
@@ -127,6 +128,54 @@ def test_host_and_device_window_gather_agree(tiny_synthetic):
     x, y = gather_windows(mix.tokens, starts, n_targets)
     assert np.array_equal(x[:, 1:], np.where(y[:, :-1] >= 0, y[:, :-1], x[:, 1:]))
     assert ((y >= 0).sum(1) == n_targets).all()
+
+
+def test_the_epoch_plan_uploaded_once_gives_every_steps_windows(tiny_synthetic):
+    """The device path's per-epoch plan (one upload, no copy per step) gives each rank exactly the
+    rows of the host path, across epoch boundaries, with the whole step's counts."""
+    ds = Dataset(tiny_synthetic)
+    mix = train.Mixture(ds, ["chain0", "chain1"], [1500, 1500], seed=3)
+    cpu = torch.device("cpu")
+    for world in (1, 2):
+        plan = train.StepPlan(mix, batch_size=4, world=world)
+        for rank in range(world):
+            host, dev = (train.WindowSource(mix.tokens, cpu, on_device=d) for d in (False, True))
+            for step in range(3 * plan.steps_per_epoch):
+                a, b = host.step_batch(plan, 5, step, rank), dev.step_batch(plan, 5, step, rank)
+                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3]) and a[4] == b[4]
+                assert len(a[2]) == plan.rows and a[0].shape[0] == plan.rows // world
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_output_layer_matches_the_full_logits(autocast, monkeypatch):
+    """loss_impl=chunked (never the full logits) gives the full path's per-token losses and
+    gradients: to float32 rounding, and within bf16 rounding under bf16 autocast."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "VOCAB_CHUNK", 300)        # several chunks, a ragged last one
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(vocab_size=1000, n_layer=2, n_head=2, n_embd=32))
+    x, y = torch.randint(0, 1000, (4, BLOCK)), torch.randint(0, 1000, (4, BLOCK))
+    y[1, 50:] = -1
+    results = {}
+    for impl in ("full", "chunked"):
+        net.loss_impl = impl
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses = net(x, y)
+        (losses.sum() / (y >= 0).sum()).backward()
+        results[impl] = losses.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+    (ref, ref_grads), (ours, our_grads) = results["full"], results["chunked"]
+    assert torch.all(ours[1, 50:] == 0)
+    assert (ours - ref).abs().max() < 1e-5
+    gaps = [((our_grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items()]
+    assert max(gaps) < (2e-2 if autocast else 1e-5), gaps
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        inference = {}
+        for impl in ("full", "chunked"):                     # inference always writes the logits
+            net.loss_impl = impl
+            inference[impl] = net(x, y)
+    assert torch.equal(inference["full"], inference["chunked"])
 
 
 # ----------------------------------------------------------------------------- resume
@@ -299,8 +348,16 @@ def test_a_switch_reads_every_spelling_of_true_and_false(text, expected):
     assert config["compile"] is expected if text != "auto" else config["compile"] == "auto"
     if text != "auto":
         assert config["force"] is expected
-    with pytest.raises(UserError, match="config key 'device' expects str"):    # a number is no switch
-        configure({"device": "auto"}, ["--device=0"])
+    with pytest.raises(UserError, match="device='0': use auto, cpu, cuda or cuda:N"):   # no switch either
+        resolve_device(configure({"device": "auto"}, ["--device=0"])["device"])
+
+
+@pytest.mark.parametrize("text", ["020e81", "123456", "1e5", "0x1f", "12_3", "[1]", "None", "3.5"])
+def test_a_string_key_keeps_the_text_as_typed(text):
+    """An id prefix of digits is text: --group=020e81 must not become the float 2e+81."""
+    from configurator import configure
+    assert configure({"group": "", "run_name": ""}, [f"--group={text}", f"--run_name={text}"]) == \
+        {"group": text, "run_name": text}
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):

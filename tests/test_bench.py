@@ -1,0 +1,45 @@
+"""bench.py's bookkeeping on CPU: the sweep's cost from measured rates, kernels by class, and the
+runs-per-card measurement (real worker processes sharing one device)."""
+import tempfile
+from types import SimpleNamespace
+
+import pytest
+
+import bench
+from configurator import config_defaults, configure
+
+
+def bench_config(*argv):
+    return SimpleNamespace(**configure(config_defaults(vars(bench)), list(argv)))
+
+
+def test_sweep_cost_counts_every_arm_and_its_share_of_steps():
+    # per seed: 5 mixtures, 4 steps-matched controls, 4 tagged mixtures (each a mixture's steps) and
+    # 4 exposure-matched controls (1/K of the steps): 17 runs, 13 + 1/2 + 1/3 + 1/4 + 1/5 mixtures
+    runs, equivalents, hours = bench.sweep_cost(1e6, 1e3, slots=1, fixed_s=10, eval_s=5)
+    assert runs == 51 and equivalents == pytest.approx(3 * (13 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5))
+    assert hours == pytest.approx((equivalents * 1e6 / 1e3 + 51 * 15) / 3600)
+    # two slots at half the rate each: the same training time, the fixed costs overlapped
+    _, _, two = bench.sweep_cost(1e6, 5e2, slots=2, fixed_s=10, eval_s=5)
+    assert two == pytest.approx((equivalents * 1e6 / 1e3 + 51 * 15 / 2) / 3600)
+
+
+def test_kernel_classes_sum_device_time_per_step():
+    def event(key, us, device="CUDA"):
+        return SimpleNamespace(key=key, self_device_time_total=us, device_type=SimpleNamespace(name=device))
+    averages = [event("nvjet_tst_128x256_gemm", 3000), event("triton_red_fused_logsumexp_0", 2000),
+                event("fused_adam_kernel", 500), event("aten::mm", 9999, device="CPU"),
+                event("flash_fwd_kernel", 1000), event("something_else", 500)]
+    classes = bench.kernel_classes(averages, n_steps=5)
+    assert classes["matrix products (cuBLAS/CUTLASS)"] == pytest.approx(0.6)
+    assert classes["attention (flash)"] == pytest.approx(0.2) and classes["other"] == pytest.approx(0.1)
+    assert sum(classes.values()) == pytest.approx(7.0 / 5)           # CPU rows left out
+    assert list(classes)[0] == "matrix products (cuBLAS/CUTLASS)"    # largest first
+
+
+def test_runs_side_by_side_are_measured_in_separate_processes():
+    cfg = bench_config("--device=cpu", "--batch_size=2", "--card_sizes=1L-16d-2h-v65", "--card_runs=1,2",
+                       "--card_seconds=0.5")
+    rows = bench.bench_card(cfg, tempfile.mkdtemp())
+    assert [(r["size"], r["runs"]) for r in rows] == [("1L-16d-2h-v65", 1), ("1L-16d-2h-v65", 2)]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
