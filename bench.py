@@ -16,11 +16,11 @@ prepare  builds a >= 100 MB corpus from the real sample (../shared/realtext, eve
 train    tokens/s, MFU and the data path's share of train.train_step per model size, beside
          nanoGPT's training loop on the same model and batch; optionally a profile of a step.
 data     per-batch time of a nanoGPT-style loader against data.gather_windows and
-         train.WindowSource, on the same windows.
+         WindowSource, on the same windows.
 gpu      train for tiny/small/medium (small also with every output layer and CUDA graphs, and a
          profile by kernel class), train.py's own loop against the bare step, runs side by side
          on one card, the arXiv sweep's cost with every arm, then tests/test_gpu.py.
-coverage the report's intervals against the truth, by simulation (stats.coverage_table).
+coverage the report's intervals against the truth, by simulation (simulation.coverage_table).
 estimate what an arXiv sweep would cost on this CPU (sweep.sh asks, without a GPU).
 
 Timings are wall clock on a machine other processes may share: candidates are interleaved, the
@@ -41,8 +41,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from configurator import UserError, config_defaults, configure, run_cli
-from data import BLOCK, WINDOW, gather_windows
-from runs import CONFIG_DIR, train_defaults, write_json
+from harness.mixture import WindowSource
+from harness.data import BLOCK, WINDOW, gather_windows
+from harness.runs import CONFIG_DIR, train_defaults, write_json
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
@@ -438,7 +439,7 @@ def add_cce_output_layer():
 
 
 def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=None):
-    """Model, optimizer and train.py's loop body (train.train_step on train.WindowSource batches)
+    """Model, optimizer and train.py's loop body (train.train_step on WindowSource batches)
     for a size, on random tokens. Returns a namespace with step(i) for Clock.run."""
     import torch
     import train
@@ -457,7 +458,7 @@ def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=
     t.rng = np.random.default_rng(cfg.seed)
     tokens = t.rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
     tokens.tofile(t.path)
-    t.source = train.WindowSource(tokens, device, on_device=device.type == "cuda")
+    t.source = WindowSource(tokens, device, on_device=device.type == "cuda")
     t.full = np.full(batch, BLOCK)
     t.plans = [t.rng.integers(0, n_tok - WINDOW, size=batch) for _ in range(64)]
 
@@ -611,29 +612,29 @@ def bench_train(cfg, work):
 
 
 def bench_coverage(cfg, work):
-    """How often each interval method covers the truth, per regime x seeds (stats.coverage_table)."""
-    import stats
+    """How often each interval method covers the truth, per regime x seeds (simulation.coverage_table)."""
+    from harness import simulation
     began = time.perf_counter()
-    rows = stats.coverage_table(replicates=cfg.replicates, n_boot=cfg.n_boot, seed=cfg.seed)
+    rows = simulation.coverage_table(replicates=cfg.replicates, n_boot=cfg.n_boot, seed=cfg.seed)
     print(f"\n### coverage of 95% intervals: {rows[0]['replicates']} simulated experiments per row, "
           f"{cfg.n_boot} bootstrap draws for the baseline; cells: coverage (mean width, nats); "
           f"{time.perf_counter() - began:.0f} s\n")
-    print(stats.markdown_table(rows))
+    print(simulation.markdown_table(rows))
     result = {"coverage": rows}
     if cfg.fits:
         began = time.perf_counter()
-        result["fits"] = stats.fit_coverage(n_seeds=3, replicates=cfg.fit_sweeps, n_rep=cfg.n_rep,
+        result["fits"] = simulation.fit_coverage(n_seeds=3, replicates=cfg.fit_sweeps, n_rep=cfg.n_rep,
                                             seed=cfg.seed)
         print(f"\n### fitted laws: {result['fits'][0]['replicates']} simulated sweeps (K = 1..5, 3 seeds) "
               f"per regime, {cfg.n_rep} refit replicates per source; {time.perf_counter() - began:.0f} s\n")
-        print(stats.fit_markdown_table(result["fits"]))
+        print(simulation.fit_markdown_table(result["fits"]))
     return result
 
 
 def bench_estimate(cfg):
     """The arXiv sweep's cost on this CPU, from the FLOPs of each size's runs (sweep.sh's grid)."""
     from model import GPT, GPTConfig
-    from runs import read_json
+    from harness.runs import read_json
     stats = os.path.join(cfg.data_dir, "stats.json")
     budget = read_json(stats)["default_budget"] if os.path.exists(stats) else 50_000_000
     n_runs = len(cfg.ks) * len(cfg.seeds) + bool(cfg.controls) * sum(k >= 2 for k in cfg.ks) * len(cfg.seeds)
@@ -681,7 +682,7 @@ def bench_loop(cfg, work):
     """
     import subprocess
     import sys
-    from runs import read_log
+    from harness.runs import read_log
     data = generated_dataset(os.path.join(work, "loop_data"), cfg.loop_tokens // 2, cfg.seed)
     out = os.path.join(work, "loop_run")
     cmd = [sys.executable, "train.py", f"config/{cfg.loop_size}.py", f"--data_dir={data}", "--k=2",
@@ -859,15 +860,14 @@ def print_sweep_cost(loop, card):
 
 def bench_data(cfg, work):
     import torch
-    import train
     from model import GPTConfig
     path = os.path.join(work, "tokens.bin")
     rng = np.random.default_rng(cfg.seed)
     rng.integers(0, GPTConfig.vocab_size, size=cfg.data_tokens, dtype=np.uint16).tofile(path)
     mm = np.memmap(path, dtype=np.uint16, mode="r")
     cpu = torch.device("cpu")
-    host = train.WindowSource(np.array(mm), cpu, on_device=False)   # train.py's in-memory buffer
-    tensor = train.WindowSource(np.array(mm), cpu, on_device=True)
+    host = WindowSource(np.array(mm), cpu, on_device=False)   # train.py's in-memory buffer
+    tensor = WindowSource(np.array(mm), cpu, on_device=True)
     full = np.full(cfg.data_batch, BLOCK)
     plans = [rng.integers(0, len(mm) - WINDOW, size=cfg.data_batch) for _ in range(cfg.data_iters)]
 
@@ -886,8 +886,8 @@ def bench_data(cfg, work):
         "nanoGPT get_batch as written (memmap reopened, x and y stacked apart)": nanogpt_as_written,
         "data.gather_windows on the memmap":
             lambda ix: tuple(map(torch.from_numpy, gather_windows(mm, ix, full))),
-        "train.WindowSource, host gather (on_device=False; train.py on CPU)": lambda ix: host.batch(ix, full),
-        "train.WindowSource, torch gather (on_device=True, CPU tensor)": lambda ix: tensor.batch(ix, full),
+        "WindowSource, host gather (on_device=False; train.py on CPU)": lambda ix: host.batch(ix, full),
+        "WindowSource, torch gather (on_device=True, CPU tensor)": lambda ix: tensor.batch(ix, full),
     }
     names = list(loaders)
     want = nanogpt(plans[0])

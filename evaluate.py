@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from configurator import UserError, config_defaults, configure, run_cli
-from data import Dataset, file_sha, fixed_windows, gather_windows
-from mixture import Mixture, training_share
+from harness.data import Dataset, file_sha, fixed_windows, gather_windows
+from harness.mixture import Mixture, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype)
-from references import bayes_losses, fit_alpha, learner_losses, transition_counts
-from runs import (atomic_path, experiment_identity, load_checkpoint, lock_folder, read_json, read_run_file,
-                  run_identity, stop_with_sweep, write_json)
+from harness.references import bayes_losses, fit_alpha, learner_losses, transition_counts
+from harness.runs import (EVALUATION_CODE, atomic_path, code_fingerprint, experiment_identity, load_checkpoint,
+                          lock_folder, read_json, read_run_file, run_identity, stop_with_sweep, trained_on,
+                          write_json)
 
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
@@ -46,6 +47,7 @@ dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CP
 force = False               # re-evaluate runs that already have eval.json
 # -----------------------------------------------------------------------------
 LN2 = np.log(2.0)
+EVALUATION_CODE_NOW = code_fingerprint(EVALUATION_CODE)     # an evaluation is redone when it changes
 
 
 def load_evalset(dataset, n, seed):
@@ -79,9 +81,9 @@ def learner_counts(run_dir, saved, dataset, chains):
     """
     cfg = SimpleNamespace(**saved["config"])
     names, quotas, _, _ = training_share(dataset, cfg)
-    if dict(zip(names, quotas)) != saved["mixture"]["tokens"]:
+    if dict(zip(names, quotas)) != trained_on(saved)["tokens"]:
         raise UserError(f"{run_dir}: its config resolves to the mixture {dict(zip(names, quotas))} "
-                        f"but it trained on {saved['mixture']['tokens']}; retrain it with this train.py")
+                        f"but it trained on {trained_on(saved)['tokens']}; retrain it with this train.py")
     mixture = Mixture(dataset, names, quotas, cfg.seed)
     counts = transition_counts(mixture.tokens, mixture.doc_start, mixture.doc_end, mixture.doc_comp,
                                len(names), chains["transition"].shape[-1], dataset.eot)
@@ -118,7 +120,7 @@ def load_run(run_dir, dataset_cache, device):
     if cfg["data_dir"] not in dataset_cache:
         dataset_cache[cfg["data_dir"]] = Dataset(cfg["data_dir"])
     dataset = dataset_cache[cfg["data_dir"]]
-    if run_identity(cfg, dataset.fingerprint) != saved.get("identity"):
+    if run_identity(cfg, dataset.fingerprint, saved.get("code", {}).get("fingerprint")) != saved.get("identity"):
         raise UserError(f"{run_dir} was trained on another build of {cfg['data_dir']} (or its config.json "
                         f"was edited); evaluate it on the data it was trained on, or train it again")
     ckpt = load_checkpoint(paths["ckpt.pt"])
@@ -156,6 +158,7 @@ def previous_evaluation(run_dir, cfg, device):
         return None
     evalset = previous.get("evalset", {})
     same = (previous.get("identity") == saved.get("identity")
+            and previous.get("evaluation_code") == EVALUATION_CODE_NOW          # evaluate.py edited: redo
             and done.get("steps") == previous.get("steps") == previous.get("checkpoint_step")
             and (evalset.get("n_windows"), evalset.get("seed")) == (cfg.eval_windows, cfg.eval_seed)
             and previous.get("dtype") == resolve_dtype(cfg.dtype, device)
@@ -173,7 +176,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     t0 = time.time()
     saved, done, dataset, model, step = load_run(run_dir, dataset_cache, device)
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
-    names, weights = saved["mixture"]["components"], saved["mixture"]["weights"]
+    names, weights = trained_on(saved)["components"], trained_on(saved)["weights"]
     chains = dataset.chains()
     if chains is not None:
         counts, alphas = learner_counts(run_dir, saved, dataset, chains)
@@ -199,12 +202,14 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
             np.savez_compressed(f, **arrays)
     config = saved["config"]
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "identity": saved["identity"],
-              "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order),
+              "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order,
+                                                saved.get("code", {}).get("fingerprint")),
+              "evaluation_code": EVALUATION_CODE_NOW,
               "dataset": dataset.name, "source": dataset.source,
-              "k": config["k"], "control": bool(config.get("control")), "mixture": config["components"],
+              "k": config["k"], "control": bool(config.get("control")), "k_mixture": config["components"],
               "components": names, "weights": weights, "seed": config["seed"],
               "model_size": saved["model"]["size"], "n_params": saved["model"]["n_params"],
-              "token_budget": int(sum(saved["mixture"]["tokens"].values())),
+              "token_budget": int(sum(trained_on(saved)["tokens"].values())),
               "tokens_trained": done["tokens"], "checkpoint_step": step, "steps": done["steps"],
               "dtype": dtype, "evalset": {"path": evalset_path, "sha": file_sha(evalset_path),
                                           "seed": cfg.eval_seed, "n_windows": cfg.eval_windows},

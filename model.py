@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from configurator import UserError
-from data import BLOCK
+from harness.data import BLOCK
 
 
 @dataclass

@@ -22,12 +22,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-import analysis
-import report
+from harness import analysis, experiments, report
 from configurator import UserError, config_defaults, configure, run_cli
-from data import BLOCK
-from runs import atomic_write_bytes, write_json
-from stats import SCOPES, power_law
+from harness.data import BLOCK, range_label
+from harness.runs import atomic_write_bytes, write_json
+from harness.stats import SCOPES, power_law
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
@@ -130,7 +129,7 @@ def figure_xe_vs_k(a, results_dir):
                 ax.plot(ks, [r.value for r in reference], style, color=colour, label=kind)
         title = analysis.VIEWS[view.name] + (f" ({a.first})" if view.name == "first" else "")
         ax.set(title=title, xlabel="K (components in training mix)", xticks=ks)
-    axes[0][0].set_ylabel("XE, mean over t=1..100 (nats)")
+    axes[0][0].set_ylabel(f"XE, {range_label('xe_mean')} (nats)")
     finish(fig, axes[0], scopes)
     return save_figure(fig, results_dir, "fig_xe_vs_k")
 
@@ -173,7 +172,8 @@ def figure_decomposition(a, results_dir):
                      [("scarcity", "C2", "data scarcity: learner1 - oracle"),
                       ("identification", "C1", "identification: learner - learner1"),
                       ("inefficiency", "C7", "inefficiency: model - learner")]))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(14, 3.8 * len(rows)), squeeze=False)
+    n = len(analysis.METRICS)
+    fig, axes = plt.subplots(len(rows), n, figsize=(14 * n / 3, 3.8 * len(rows)), squeeze=False)
     scopes = set()
     for (source, ylabel, parts), row in zip(rows, axes):
         for ax, metric in zip(row, analysis.METRICS):
@@ -228,7 +228,7 @@ def figure_late_power_law(a, results_dir):
         ax_excess.plot(grid, power_law(grid, 0, c, beta) - power_law(ks[0], 0, c, beta), "C1-", label="fit")
     late = [c.difference for c in a.contrasts if c.metric == "xe_late"]
     scopes |= errorbar(ax_excess, ks[1:], late, label="paired excess (95% CI)")
-    ax.set(xlabel="K", ylabel="XE, mean over t=51..100 (nats)", xticks=ks, title=f"{a.first}: late positions")
+    ax.set(xlabel="K", ylabel=f"XE, {range_label('xe_late')} (nats)", xticks=ks, title=f"{a.first}: late positions")
     ax_excess.axhline(0, color="grey", lw=0.8)
     ax_excess.set(xlabel="K", ylabel=f"late XE_K - late XE_{ks[0]} (nats)", xticks=ks, title="late excess")
     finish(fig, (ax, ax_excess), scopes)
@@ -328,12 +328,18 @@ def write_csv(path, rows):
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
+def flat_cell(cell):
+    """A cell as fits.json holds it: each range's interval a key of its own (xe_mean, xe_early, ...)."""
+    fields = {k: v for k, v in asdict(cell).items() if k != "xe"}
+    return {**fields, **{m: asdict(interval) for m, interval in cell.xe.items()}}
+
+
 def fits_json(s):
     a = s.analysis
     views = a.views.items()
     return clean({"experiment": s.main.id, "runs": [r.name for r in s.main.runs], "n_boot": s.n_boot,
                   "controls": [r.name for r in s.main.controls], "first_component": a.first,
-                  "views": {name: view.cells for name, view in views},
+                  "views": {name: {k: flat_cell(c) for k, c in view.cells.items()} for name, view in views},
                   "fits": {"xe_mean_vs_lnK": {name: view.lnk_fit for name, view in views if view.lnk_fit},
                            "late_power_law": a.power_law,
                            "position_curves": {k: c.position_fit for k, c in a.curves.items()}},
@@ -348,29 +354,30 @@ def fits_json(s):
 def main(argv):
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
     # load the runs
-    runs, skipped = analysis.load_runs(cfg.out)
+    runs, skipped = experiments.load_runs(cfg.out)
     if not runs:
         raise UserError(f"no evaluated runs in {cfg.out}/; run `python evaluate.py {cfg.out}/<run>` "
                         f"(or `bash sweep.sh`) first")
-    runs = analysis.drop_mixed_cells(analysis.drop_other_evalsets(runs, skipped), skipped)
+    runs = experiments.drop_other_evalsets(runs, skipped)
+    runs = experiments.drop_mixed_cells(experiments.drop_other_evaluations(runs, skipped), skipped)
     print(f"{len(runs)} evaluated run(s) in {cfg.out}/" + (f", {len(skipped)} skipped" if skipped else ""))
 
     # analyse the main experiment (and list the others with how they differ)
-    experiments = analysis.group_experiments(runs)
-    experiment, choice = analysis.choose_experiment(experiments, cfg.group)
-    dataset_stats, order, order_known = analysis.component_order(experiment.runs, cfg.out)
+    groups = experiments.group_experiments(runs)
+    experiment, choice = experiments.choose_experiment(groups, cfg.group)
+    dataset_stats, order, order_known = experiments.component_order(experiment.runs, cfg.out)
     if not order_known:
         print("warning: no stats.json/meta.json found; 'top5' means the components the runs used")
-    first = analysis.first_component(experiment.runs, order)
+    first = experiments.first_component(experiment.runs, order)
     print(f"main experiment {experiment.id[:12]} ({len(experiment.runs)} runs, "
-          f"{len(experiment.controls)} controls), first component {first}; {len(experiments) - 1} others")
+          f"{len(experiment.controls)} controls), first component {first}; {len(groups) - 1} others")
     study = analysis.Study(
-        cfg.out, runs, skipped, experiment, choice,
-        analysis.analyse(experiment, first, order[:5], cfg.n_boot, cfg.boot_seed),
-        analysis.summarise_experiments(experiments, experiment, first),
-        analysis.budget_check(experiment.runs), analysis.control_checks(experiment),
-        analysis.size_rows(experiments, experiment, first) if first else None,
-        dataset_stats, order_known, cfg.n_boot)
+        out=cfg.out, runs=runs, skipped=skipped, main=experiment, choice=choice,
+        analysis=analysis.analyse(experiment, first, order[:5], cfg.n_boot, cfg.boot_seed),
+        experiments=analysis.summarise_experiments(groups, experiment, first),
+        budget=experiments.budget_check(experiment.runs), controls=experiments.control_checks(experiment),
+        sizes=analysis.size_rows(groups, experiment, first) if first else None,
+        dataset_stats=dataset_stats, order_known=order_known, n_boot=cfg.n_boot)
 
     # draw the figures, removing those this data no longer supports
     os.makedirs(cfg.results, exist_ok=True)
@@ -381,7 +388,7 @@ def main(argv):
             os.remove(os.path.join(cfg.results, name))
 
     # write the table, the fits and the report
-    rows = analysis.results_rows(runs)
+    rows = experiments.results_rows(runs)
     write_csv(os.path.join(cfg.results, "results.csv"), rows)
     write_json(os.path.join(cfg.results, "fits.json"), fits_json(study))
     atomic_write_bytes(os.path.join(cfg.results, "REPORT.md"), report.document(study, images).encode())

@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from configurator import UserError, config_defaults, configure, run_cli
-from data import SPLITS, Dataset, content_fingerprint
-from runs import DIR_MODE, provenance, write_json
+from harness.data import SPLITS, Dataset, content_fingerprint
+from harness.runs import DIR_MODE, provenance, write_json
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)

@@ -23,17 +23,19 @@ import math
 import os
 import signal
 import time
+from collections import namedtuple
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from configurator import UserError, config_defaults, configure, run_cli
-from data import BLOCK, WINDOW, Dataset, fixed_windows, gather_windows
-from mixture import Mixture, StepPlan, resolve_mixture, steps_per_epoch, training_share
+from harness.data import Dataset, fixed_windows, gather_windows
+from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS)
-from runs import (atomic_path, experiment_identity, identity_config, load_checkpoint, lock_folder,
+from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, experiment_identity, identity_config,
+                          load_checkpoint, lock_folder,
                   provenance, read_log, read_run_file, run_identity, default_run_name, size_label,
                   stop_with_sweep, write_json)
 
@@ -91,62 +93,9 @@ wandb_log = False
 wandb_project = "ergodic-k"
 wandb_run_name = ""
 # -----------------------------------------------------------------------------
-# (which of these keys make a run's identity: runs.NOT_IDENTITY lists those that do not)
-
-
-class WindowSource:
-    """
-    Turns (starts, n_targets) into (x, y) tensors on the training device. On CUDA the mixture's
-    tokens live on the GPU and windows are gathered there, from an epoch's step plan uploaded
-    once (no host-to-device copy and no sync per step, so the host queues steps ahead of the
-    GPU); else windows are gathered from the host buffer by the numpy twin of the same arithmetic.
-    """
-
-    def __init__(self, tokens, device, on_device):
-        self.device, self.on_device = device, on_device
-        self.epoch, self.plan_on_device = None, None
-        if on_device:
-            self.tokens = torch.from_numpy(tokens.astype(np.int32)).to(device)
-            self.offsets = torch.arange(WINDOW, device=device)
-            self.positions = torch.arange(BLOCK, device=device)
-        else:
-            self.tokens = tokens
-
-    def step_batch(self, plan, seed, step, rank):
-        """A global step's (x, y) for this rank, with the whole step's n_targets and components
-        (every rank counts every row's tokens) and its epoch."""
-        starts, n_targets, comp, epoch = plan.step(seed, step)
-        if not self.on_device:
-            return (*self.batch(*plan.for_rank((starts, n_targets), rank)), n_targets, comp, epoch)
-        if self.epoch != (seed, epoch):
-            table = plan.epoch_table(seed, epoch)
-            self.plan_on_device = [torch.from_numpy(np.ascontiguousarray(a[:, rank::plan.world])).to(self.device)
-                                   for a in table[:2]]
-            self.epoch = (seed, epoch)
-        j = step % plan.steps_per_epoch
-        return (*self.gather(self.plan_on_device[0][j], self.plan_on_device[1][j]), n_targets, comp, epoch)
-
-    def batch(self, starts, n_targets):
-        """(x, y) of windows given as numpy arrays."""
-        if self.on_device:
-            return self.gather(torch.from_numpy(starts).to(self.device, non_blocking=True),
-                               torch.from_numpy(n_targets).to(self.device, non_blocking=True))
-        x, y = gather_windows(self.tokens, starts, n_targets)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
-        if self.device.type == "cuda":
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x, y
-
-    def gather(self, starts, n_targets):
-        """(x, y) from the device's tokens for windows given as device tensors."""
-        window = self.tokens[starts[:, None] + self.offsets[None, :]].long()
-        # contiguous, like every other batch the model sees: a compiled model specialises on
-        # strides and would otherwise compile a second graph for other callers
-        x, y = window[:, :-1].contiguous(), window[:, 1:].clone()
-        # masked_fill, not y[mask] = -1: boolean indexing waits for the GPU (nonzero), and a wait
-        # every step stops the host from queueing the next step while this one runs
-        return x, y.masked_fill_(self.positions[None, :] >= n_targets[:, None], -1)
+# (which of these keys make a run's identity: runs.NOT_IDENTITY lists those that do not; the
+# identity also holds the data's fingerprint and this code's: edit train.py and runs train anew)
+TRAINING_CODE_NOW = code_fingerprint(TRAINING_CODE)
 
 
 class StepClock:
@@ -277,11 +226,20 @@ def distributed_setup(cfg):
     return device, rank, world
 
 
+# What this process trains (fixed once set up), and where: the handful of facts every helper below
+# is given, instead of one namespace of everything.
+Share = namedtuple("Share", "components quotas weights epochs")       # what the run trains on
+Place = namedtuple("Place", "device rank world")                       # where: device and DDP rank
+Job = namedtuple("Job", "cfg paths share total_steps place")            # the run, resolved
+Model = namedtuple("Model", "raw net optimizer autocast")              # net: compiled / DDP-wrapped
+
+
 def resolve_run(dataset, cfg):
-    """Resolve the mixture into cfg, then the run's identity, name and folder. Returns paths."""
+    """The run a config names: its mixture resolved into cfg (the resolved config is what
+    config.json saves and the identity hashes), its identity, name and folder. Returns paths."""
     names, quotas, weights = resolve_mixture(dataset, cfg)
     cfg.components, cfg.k, cfg.weights, cfg.token_budget = names, len(names), weights, sum(quotas)
-    cfg.identity = run_identity(vars(cfg), dataset.fingerprint)
+    cfg.identity = run_identity(vars(cfg), dataset.fingerprint, TRAINING_CODE_NOW["fingerprint"])
     cfg.run_name = cfg.run_name or default_run_name(vars(cfg), dataset.name, cfg.identity,
                                                     size_label(vars(cfg)))
     cfg.out_dir = cfg.out_dir or os.path.join(cfg.out_root, cfg.run_name)
@@ -300,12 +258,8 @@ def check_folder(cfg, paths, total_steps):
     # resumed run writes config.json again
     saved = read_run_file(paths.config, cfg.out_dir, required=False) if os.path.exists(paths.config) else None
     if saved is not None and saved.get("identity") != cfg.identity:
-        theirs, ours = identity_config(saved.get("config", {})), identity_config(vars(cfg))
-        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        what = (f"{changed[0]}: {theirs.get(changed[0])!r} there, {ours.get(changed[0])!r} now" if changed
-                else f"trained on a different build of {cfg.data_dir}")
-        raise UserError(f"{cfg.out_dir} holds a different run ({what}); pick another --out_dir, "
-                        f"or delete {cfg.out_dir} to train this one there")
+        raise UserError(f"{cfg.out_dir} holds a different run ({how_it_differs(cfg, saved)}); pick another "
+                        f"--out_dir, or delete {cfg.out_dir} to train this one there")
     ckpt = load_checkpoint(paths.ckpt, mmap=True) if os.path.exists(paths.ckpt) else None
     if ckpt is not None and ckpt.get("identity") != cfg.identity:
         raise UserError(f"{paths.ckpt} belongs to another run (its identity differs); delete "
@@ -318,6 +272,18 @@ def check_folder(cfg, paths, total_steps):
     with contextlib.suppress(FileNotFoundError):    # not what it claims: finish the run instead
         os.remove(paths.done)                          # (every DDP rank decides this; one removes)
     return False
+
+
+def how_it_differs(cfg, saved):
+    """The first setting, or the code, or the data, in which a folder's run differs from this one."""
+    theirs, ours = identity_config(saved.get("config", {})), identity_config(vars(cfg))
+    changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if changed:
+        return f"{changed[0]}: {theirs.get(changed[0])!r} there, {ours.get(changed[0])!r} now"
+    code = saved.get("code", {}).get("modules", {})
+    edited = sorted(m for m, h in TRAINING_CODE_NOW["modules"].items() if code.get(m) != h)
+    return (f"made by other code ({', '.join(edited)} changed since)" if edited
+            else f"trained on a different build of {cfg.data_dir}")
 
 
 def clear_leftovers(out_dir):
@@ -337,54 +303,63 @@ def resolve_runtime(cfg, device):
                            loss_impl=resolve_loss_impl(cfg.loss_impl))
 
 
-def build_model(cfg, runtime, n_components, dataset, device, paths):
+def build_model(job, runtime, vocab_size):
     """The model and optimizer, restored from the run's checkpoint when it has one (check_folder
-    has checked that the checkpoint is this run's)."""
-    model = GPT(GPTConfig.from_run(vars(cfg), dataset.vocab_size)).to(device)
-    model.loss_impl = runtime.loss_impl
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                          fused=runtime.fused_adamw)
-    state = SimpleNamespace(step=0, tokens_seen=np.zeros(n_components, dtype=np.int64))
-    if os.path.exists(paths.ckpt):
-        ckpt = load_checkpoint(paths.ckpt)
-        model.load_state_dict(ckpt["model"])
+    has checked that the checkpoint is this run's), and the training state (step, tokens seen)."""
+    cfg, device = job.cfg, job.place.device
+    raw = GPT(GPTConfig.from_run(vars(cfg), vocab_size)).to(device)
+    raw.loss_impl = runtime.loss_impl
+    optimizer = raw.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                        fused=runtime.fused_adamw)
+    state = SimpleNamespace(step=0, tokens_seen=np.zeros(len(job.share.components), dtype=np.int64))
+    if os.path.exists(job.paths.ckpt):
+        ckpt = load_checkpoint(job.paths.ckpt)
+        raw.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.step, state.tokens_seen = ckpt["step"], np.array(ckpt["tokens_seen"], dtype=np.int64)
         torch.set_rng_state(ckpt["rng_cpu"])
         if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    return model, optimizer, state
+    net = torch.compile(raw) if runtime.compiled else raw
+    if job.place.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    return Model(raw, net, optimizer, autocast_for(device, runtime.dtype)), state
 
 
-def write_run_config(cfg, runtime, share, paths, dataset, model, plan, mixture, device, world, step):
+def write_run_config(job, runtime, dataset, model, mixture, plan, step):
     """config.json (the folder explains itself) and the log cut back to the checkpoint's step."""
+    cfg, share = job.cfg, job.share
     config = {k: v for k, v in vars(cfg).items() if k != "identity"}      # what identity hashes
-    write_json(paths.config, {
+    write_json(job.paths.config, {
         "identity": cfg.identity,
-        "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order),
+        "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order,
+                                          TRAINING_CODE_NOW["fingerprint"]),
         "config": config,
+        "code": TRAINING_CODE_NOW,           # what made the numbers, per module (runs.code_fingerprint)
         "model": {"n_params": model.n_params(), "size": size_label(vars(cfg)),
                   "flops_per_token": model.flops_per_token()},
-        "mixture": {"components": share.components, "weights": share.weights,       # trained on
-                    "tokens": dict(zip(share.components, share.quotas)),
-                    "docs": dict(zip(share.components, mixture.n_docs))},
+        "trained_on": {"components": share.components, "weights": share.weights,
+                       "tokens": dict(zip(share.components, share.quotas)),
+                       "docs": dict(zip(share.components, mixture.n_docs))},
         "schedule": {"epochs": share.epochs, "steps_per_epoch": plan.steps_per_epoch,
-                     "steps": share.epochs * plan.steps_per_epoch, "rows_per_step": plan.rows},
+                     "steps": job.total_steps, "rows_per_step": plan.rows},
         "dataset": {"name": dataset.name, "source": dataset.source, "dir": cfg.data_dir,
                     "fingerprint": dataset.fingerprint, "default_order": dataset.default_order,
                     "default_budget": dataset.n_tokens(dataset.default_order[0], "train")},
-        "runtime": {"device": str(device), "world_size": world, **vars(runtime)},
+        "runtime": {"device": str(job.place.device), "world_size": job.place.world, **vars(runtime)},
         "provenance": provenance()})
-    kept = [r for r in read_log(paths.log) if r["step"] <= step]    # the resumed run rewrites the rest
-    with atomic_path(paths.log) as tmp, open(tmp, "w") as f:
+    kept = [r for r in read_log(job.paths.log) if r["step"] <= step]    # the resumed run rewrites the rest
+    with atomic_path(job.paths.log) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
 
 
-def save_checkpoint(cfg, paths, raw_model, optimizer, state, device):
-    ckpt = {"identity": cfg.identity, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+def save_checkpoint(job, model, state):
+    device = job.place.device
+    ckpt = {"identity": job.cfg.identity, "model": model.raw.state_dict(), "optimizer": model.optimizer.state_dict(),
             "step": state.step, "tokens_seen": state.tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    with atomic_path(paths.ckpt) as tmp:
+    with atomic_path(job.paths.ckpt) as tmp:
         torch.save(ckpt, tmp)
 
 
@@ -400,34 +375,34 @@ def validation_windows(dataset, names, n):
     return windows
 
 
-def announce(run, mixture, resume):
-    cfg, device, runtime = run.cfg, run.device, run.runtime
+def announce(job, runtime, model, mixture, resume, log):
+    cfg = job.cfg
     what = (f"control of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if cfg.control
             else f"K={cfg.k} ({', '.join(cfg.components)})")
-    quotas = ", ".join(f"{q:,}" for q in run.share.quotas)
-    run.log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({quotas}), "
-            f"{run.share.epochs} epochs = {run.total_steps:,} steps of ~{cfg.batch_size} windows; model "
-            f"{size_label(vars(cfg))} with {run.raw_model.n_params() / 1e6:.2f}M params; {device} "
-            f"({'compiled' if runtime.compiled else 'eager'}, {runtime.dtype}"
-            f"{', fused AdamW' if runtime.fused_adamw else ''}"
-            f"{'' if runtime.loss_impl == 'full' else f', {runtime.loss_impl} output layer'}); data "
-            f"{'on device' if runtime.data_on_device else 'gathered on host'}")
+    quotas = ", ".join(f"{q:,}" for q in job.share.quotas)
+    log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({quotas}), "
+        f"{job.share.epochs} epochs = {job.total_steps:,} steps of ~{cfg.batch_size} windows; model "
+        f"{size_label(vars(cfg))} with {model.raw.n_params() / 1e6:.2f}M params; {job.place.device} "
+        f"({'compiled' if runtime.compiled else 'eager'}, {runtime.dtype}"
+        f"{', fused AdamW' if runtime.fused_adamw else ''}"
+        f"{'' if runtime.loss_impl == 'full' else f', {runtime.loss_impl} output layer'}); data "
+        f"{'on device' if runtime.data_on_device else 'gathered on host'}")
     if resume:
-        run.log(f"resuming {cfg.out_dir} from step {run.state.step:,}/{run.total_steps:,}")
+        log(f"resuming {cfg.out_dir} from step {resume:,}/{job.total_steps:,}")
 
 
 class RunLog:
     """log.jsonl (one JSON object per line, flushed), the console, and wandb when asked (rank 0)."""
 
-    def __init__(self, run):
-        self.run, self.file, self.wandb = run, None, None
-        if run.rank != 0:
+    def __init__(self, job, log):
+        self.file, self.wandb, self.log = None, None, log
+        if job.place.rank != 0:
             return
-        self.file = open(run.paths.log, "a")
-        if run.cfg.wandb_log:
+        self.file = open(job.paths.log, "a")
+        if job.cfg.wandb_log:
             import wandb
-            wandb.init(project=run.cfg.wandb_project, name=run.cfg.wandb_run_name or run.cfg.run_name,
-                       config=vars(run.cfg), resume="allow")
+            wandb.init(project=job.cfg.wandb_project, name=job.cfg.wandb_run_name or job.cfg.run_name,
+                       config=vars(job.cfg), resume="allow")
             self.wandb = wandb
 
     def write(self, record, line):
@@ -435,7 +410,7 @@ class RunLog:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        self.run.log(line)
+        self.log(line)
         if self.wandb:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
             self.wandb.log(numbers, step=record["step"])
@@ -447,174 +422,166 @@ class RunLog:
             self.wandb.finish()
 
 
-def progress(run, meter, times, epoch, loss, lr):
+def progress(job, model, state, meter, times, epoch, loss, lr):
     """A step's log record and line: loss, lr, tokens/s, MFU, the data path's share, ETA."""
-    now, state, cfg = time.time(), run.state, run.cfg
+    now, device = time.time(), job.place.device
     tok_per_s = meter.tokens / max(now - meter.since, 1e-9)
-    peak = device_peak_flops(run.device, cfg.peak_flops)
-    mfu = run.raw_model.flops_per_token() * tok_per_s / (peak * run.world) if peak else 0.0
-    eta = (now - meter.start) / max(state.step - meter.first_step, 1) * (run.total_steps - state.step)
+    peak = device_peak_flops(device, job.cfg.peak_flops)
+    mfu = model.raw.flops_per_token() * tok_per_s / (peak * job.place.world) if peak else 0.0
+    eta = (now - meter.start) / max(state.step - meter.first_step, 1) * (job.total_steps - state.step)
     step_ms, data_ms = times
-    memory = ({"peak_mem_gb": round(torch.cuda.max_memory_allocated(run.device) / 1e9, 3)}
-              if run.device.type == "cuda" else {})
+    memory = ({"peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 3)}
+              if device.type == "cuda" else {})
     meter.tokens, meter.since = 0, now
     record = {"kind": "train", "step": state.step, "epoch": epoch, "loss": round(loss, 6), "lr": lr,
               "tokens": int(state.tokens_seen.sum()), "tok_per_s": round(tok_per_s), "mfu": round(mfu, 4),
               "step_ms": round(step_ms, 3), "data_ms": round(data_ms, 3),
               "elapsed": round(now - meter.start, 2), **memory}
-    line = (f"step {state.step:>6}/{run.total_steps} | epoch {epoch + 1}/{run.share.epochs} | "
+    line = (f"step {state.step:>6}/{job.total_steps} | epoch {epoch + 1}/{job.share.epochs} | "
             f"loss {loss:.4f} | lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | data "
             f"{100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {_duration(eta)}"
             + (f" | {memory['peak_mem_gb']:.1f} GB" if memory else ""))
     return record, line
 
 
-def validate(run):
-    val = validation_loss(run.raw_model, run.val_windows, run.device, run.autocast)
+def validate(job, model, state, windows):
+    val = validation_loss(model.raw, windows, job.place.device, model.autocast)
     mean = float(np.mean(list(val.values())))
-    record = {"kind": "val", "step": run.state.step, "tokens": int(run.state.tokens_seen.sum()),
+    record = {"kind": "val", "step": state.step, "tokens": int(state.tokens_seen.sum()),
               "val_loss": round(mean, 6), "val_loss_per_component": {k: round(v, 6) for k, v in val.items()}}
     parts = ", ".join(f"{k} {v:.3f}" for k, v in val.items())
-    return record, f"step {run.state.step:>6}: val loss {mean:.4f} ({parts})"
+    return record, f"step {state.step:>6}: val loss {mean:.4f} ({parts})"
 
 
-def checked_loss(run, loss, lr, check_weights):
+def checked_loss(job, model, state, loss, lr, check_weights):
     """The step's loss as a number (this syncs the GPU, so only when it is logged or saved); a
     diverged run stops here, before a checkpoint could keep its NaN weights."""
-    value = loss.item() / run.world
-    if run.world > 1:
-        reduced = torch.tensor([value], device=run.device)
+    value = loss.item() / job.place.world
+    if job.place.world > 1:
+        reduced = torch.tensor([value], device=job.place.device)
         torch.distributed.all_reduce(reduced)
         value = reduced.item()
     finite = math.isfinite(value) and (not check_weights or all(
-        bool(torch.isfinite(p).all()) for p in run.raw_model.parameters()))
+        bool(torch.isfinite(p).all()) for p in model.raw.parameters()))
     if not finite:
-        raise UserError(f"training diverged at step {run.state.step} (loss {value}, lr {lr:.2e}): the run "
-                        f"stopped and its last good checkpoint ({run.paths.ckpt}) is kept; lower "
-                        f"--learning_rate or raise --warmup_iters and rerun")
+        kept = (f"its last good checkpoint ({job.paths.ckpt}) is kept" if os.path.exists(job.paths.ckpt)
+                else "no checkpoint had been saved yet")
+        raise UserError(f"training diverged at step {state.step} (loss {value}, lr {lr:.2e}): the run "
+                        f"stopped and {kept}; lower --learning_rate or raise --warmup_iters and rerun")
     return value
 
 
-def stop_requested(run, stop):
+def stop_requested(job, stop, step):
     """SIGINT/SIGTERM arrived; under DDP every rank agrees, at log steps only, to sync rarely."""
-    if run.world == 1:
+    if job.place.world == 1:
         return stop["signal"] is not None
-    if run.state.step % run.cfg.log_interval:
+    if step % job.cfg.log_interval:
         return False
-    flag = torch.tensor([float(stop["signal"] is not None)], device=run.device)
+    flag = torch.tensor([float(stop["signal"] is not None)], device=job.place.device)
     torch.distributed.all_reduce(flag)
     return flag.item() > 0
 
 
-def train_loop(run):
-    """Steps from the current one to the last. SIGINT/SIGTERM finish the step, save a checkpoint
-    and exit; the same command resumes there."""
-    cfg, state, plan = run.cfg, run.state, run.plan
+def train_loop(job, model, state, batches, val_windows, log):
+    """Steps from the current one to the last: batches(step) gives a step's (x, y) and its counts.
+    SIGINT/SIGTERM finish the step, save a checkpoint and exit; the same command resumes there."""
+    cfg = job.cfg
     stop = {"signal": None}
     handlers = {s: signal.signal(s, lambda signum, frame: stop.update(signal=signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
-    clock, logs = StepClock(run.device), RunLog(run)
+    clock, logs = StepClock(job.place.device), RunLog(job, log)
     meter = SimpleNamespace(tokens=0, since=time.time(), start=time.time(), first_step=state.step)
-    run.model.train()
+    model.net.train()
     try:
-        while state.step < run.total_steps:
+        while state.step < job.total_steps:
             t_begin = clock.mark()
-            x, y, n_targets, comp, epoch = run.source.step_batch(plan, cfg.seed, state.step, run.rank)
+            x, y, n_targets, comp, epoch = batches(state.step)
             t_data = clock.mark()
-            lr = learning_rate_at(state.step, cfg, run.total_steps)
-            for group in run.optimizer.param_groups:
+            lr = learning_rate_at(state.step, cfg, job.total_steps)
+            for group in model.optimizer.param_groups:
                 group["lr"] = lr
             # the step's mean over all its targets, across ranks (DDP averages gradients)
             total_targets = int(n_targets.sum())
-            loss = train_step(run.model, run.optimizer, x, y, run.autocast, run.world / total_targets,
+            loss = train_step(model.net, model.optimizer, x, y, model.autocast, job.place.world / total_targets,
                               cfg.grad_clip)
             t_end = clock.mark()
             state.step += 1
             np.add.at(state.tokens_seen, comp[comp >= 0], n_targets[comp >= 0])
             meter.tokens += total_targets
-            stopping = stop_requested(run, stop)
-            last = state.step == run.total_steps
+            stopping = stop_requested(job, stop, state.step)
+            last = state.step == job.total_steps
             checkpoint_now = state.step % cfg.ckpt_interval == 0 or last or stopping
             logging_now = state.step % cfg.log_interval == 0 or last
             if logging_now or checkpoint_now:
-                value = checked_loss(run, loss, lr, check_weights=checkpoint_now)
+                value = checked_loss(job, model, state, loss, lr, check_weights=checkpoint_now)
             if logging_now:
-                logs.write(*progress(run, meter, (clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)),
+                logs.write(*progress(job, model, state, meter, (clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)),
                                      epoch, value, lr))
             if state.step % cfg.eval_interval == 0 or last:
-                logs.write(*validate(run))
-            if checkpoint_now and run.rank == 0:
-                save_checkpoint(cfg, run.paths, run.raw_model, run.optimizer, state, run.device)
+                logs.write(*validate(job, model, state, val_windows))
+            if checkpoint_now and job.place.rank == 0:
+                save_checkpoint(job, model, state)
             if stopping:
-                run.log(f"stopped by signal at step {state.step:,}; checkpoint saved; run the same "
-                        f"command to resume")
+                log(f"stopped by signal at step {state.step:,}; checkpoint saved; run the same command to resume")
                 raise SystemExit(130 if stop["signal"] == signal.SIGINT else 143)
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-        logs.close(finished=state.step == run.total_steps)
+        logs.close(finished=state.step == job.total_steps)
 
 
-def finish(run):
+def finish(job, state, log):
     """The done marker, written last: what the run trained on, checked against the plan."""
-    val = [r for r in read_log(run.paths.log) if r["kind"] == "val"]
-    summary = {"steps": run.state.step, "tokens": int(run.state.tokens_seen.sum()),
-               "tokens_per_component": dict(zip(run.share.components, run.state.tokens_seen.tolist())),
+    val = [r for r in read_log(job.paths.log) if r["kind"] == "val"]
+    summary = {"steps": state.step, "tokens": int(state.tokens_seen.sum()),
+               "tokens_per_component": dict(zip(job.share.components, state.tokens_seen.tolist())),
                "final_val_loss": val[-1]["val_loss"] if val else None}
-    write_json(run.paths.done, summary)
+    write_json(job.paths.done, summary)
     val_loss = summary["final_val_loss"]
-    run.log(f"done: {run.cfg.out_dir} ({summary['tokens']:,} tokens, val loss "
-            f"{'n/a' if val_loss is None else f'{val_loss:.4f}'})")
+    log(f"done: {job.cfg.out_dir} ({summary['tokens']:,} tokens, val loss "
+        f"{'n/a' if val_loss is None else f'{val_loss:.4f}'})")
 
 
 # -----------------------------------------------------------------------------
 
 def main(argv):
     cfg = read_config(argv)
-    device, rank, world = distributed_setup(cfg)
-    master = rank == 0
+    place = Place(*distributed_setup(cfg))
+    master = place.rank == 0
     log = print if master else (lambda *a, **k: None)
     dataset = Dataset(cfg.data_dir)
     paths = resolve_run(dataset, cfg)
-    share = SimpleNamespace(**dict(zip(("components", "quotas", "weights", "epochs"),
-                                       training_share(dataset, cfg))))
+    share = Share(*training_share(dataset, cfg))
     if cfg.print_run_dir:
         print(cfg.out_dir)
         return
     stop_with_sweep()
     lock = lock_folder(cfg.out_dir, "train.py") if master else None     # noqa: F841 (held)
-    total_steps = share.epochs * steps_per_epoch(sum(share.quotas), cfg.batch_size)
-    if check_folder(cfg, paths, total_steps):
+    job = Job(cfg, paths, share, share.epochs * steps_per_epoch(sum(share.quotas), cfg.batch_size), place)
+    if check_folder(cfg, paths, job.total_steps):
         log(f"{cfg.out_dir} is already finished; nothing to do (delete the folder to train it again)")
         return
     if master:
         clear_leftovers(cfg.out_dir)
     mixture = Mixture(dataset, share.components, share.quotas, cfg.seed)
-    plan = StepPlan(mixture, cfg.batch_size, world)
+    plan = StepPlan(mixture, cfg.batch_size, place.world)
 
     torch.manual_seed(cfg.seed)            # seeds for everything: CPU resumes are bit-identical
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    if device.type == "cuda":
+    if place.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    runtime = resolve_runtime(cfg, device)
-    model, optimizer, state = build_model(cfg, runtime, len(share.components), dataset, device, paths)
+    runtime = resolve_runtime(cfg, place.device)
+    model, state = build_model(job, runtime, dataset.vocab_size)
     if master:
-        write_run_config(cfg, runtime, share, paths, dataset, model, plan, mixture, device, world, state.step)
-    run = SimpleNamespace(cfg=cfg, runtime=runtime, share=share, paths=paths, device=device, rank=rank,
-                          world=world, log=log, raw_model=model, optimizer=optimizer, state=state,
-                          plan=plan, total_steps=total_steps, autocast=autocast_for(device, runtime.dtype),
-                          source=WindowSource(mixture.tokens, device, runtime.data_on_device),
-                          val_windows=validation_windows(dataset, share.components, cfg.val_windows))
-    run.model = torch.compile(model) if runtime.compiled else model
-    if world > 1:
-        run.model = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[device.index] if device.type == "cuda" else None)
-    announce(run, mixture, resume=state.step > 0)
-    train_loop(run)
+        write_run_config(job, runtime, dataset, model.raw, mixture, plan, state.step)
+    source = WindowSource(mixture.tokens, place.device, runtime.data_on_device)
+    announce(job, runtime, model, mixture, state.step, log)
+    train_loop(job, model, state, lambda step: source.step_batch(plan, cfg.seed, step, place.rank),
+               validation_windows(dataset, share.components, cfg.val_windows), log)
     if master:
-        finish(run)
-    if world > 1:
+        finish(job, state, log)
+    if place.world > 1:
         torch.distributed.destroy_process_group()
 
 

@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 
 import evaluate
 import train
-from data import Dataset
+from harness.data import Dataset
 from conftest import make_real_vocab
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",

@@ -10,9 +10,9 @@ import torch
 import evaluate
 import train
 from configurator import UserError
-from data import BLOCK, Dataset, gather_windows
+from harness.data import BLOCK, Dataset, gather_windows
 from conftest import make_synthetic
-from runs import run_identity
+from harness.runs import run_identity
 
 TINY_RUN = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu",
             "--cpu_threads=1", "--warmup_iters=2", "--eval_interval=100", "--val_windows=8",
@@ -57,10 +57,10 @@ def test_learner_references_are_saved_and_ordered(trained_run, tiny_synthetic):
 def test_learner1_of_a_mixture_is_the_learner_of_its_control_run(trained_run, tiny_synthetic, tmp_path):
     """The mixture's control run (--control=True) trains on its first component's documents."""
     config = json.load(open(os.path.join(trained_run, "config.json")))
-    first = config["mixture"]["components"][0]
+    first = config["trained_on"]["components"][0]
     control = str(tmp_path / "control")
     train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={control}", "--k=2", *TINY_RUN, "--control=True"])
-    assert json.load(open(os.path.join(control, "config.json")))["mixture"]["components"] == [first]
+    assert json.load(open(os.path.join(control, "config.json")))["trained_on"]["components"] == [first]
     evaluate.main([control, *EVAL])
     mix, ctrl = (np.load(os.path.join(run, "eval.npz")) for run in (trained_run, control))
     np.testing.assert_array_equal(mix[f"learner1:{first}"], ctrl[f"learner:{first}"])
@@ -175,7 +175,8 @@ def test_checkpoint_that_does_not_match_the_data(tiny_synthetic, tmp_path):
     json.dump(saved, open(config_path, "w"))
     with pytest.raises(UserError, match="another build"):
         evaluate.main([out, *EVAL])
-    saved["identity"] = run_identity(saved["config"], Dataset(tiny_synthetic).fingerprint)  # even if it
+    saved["identity"] = run_identity(saved["config"], Dataset(tiny_synthetic).fingerprint,   # even if it
+                                     saved["code"]["fingerprint"])
     json.dump(saved, open(config_path, "w"))                                               # claims to match
     with pytest.raises(UserError, match="not the finished run"):
         evaluate.main([out, *EVAL])

@@ -24,7 +24,7 @@ import time
 import pytest
 import torch
 
-from data import BLOCK, Dataset
+from harness.data import BLOCK, Dataset
 from model import GPT, GPTConfig
 from conftest import REALTEXT, ROOT, TIKTOKEN_CACHE, make_real_vocab
 
@@ -118,7 +118,7 @@ def test_sigterm_saves_and_the_same_command_resumes(gpu_run):
     # every token of the mixture a target exactly once per epoch, across the interruption: the
     # resumed run took the remaining steps' windows, neither repeating nor skipping any
     epochs = config["schedule"]["epochs"]
-    assert done["tokens_per_component"] == {c: q * epochs for c, q in config["mixture"]["tokens"].items()}
+    assert done["tokens_per_component"] == {c: q * epochs for c, q in config["trained_on"]["tokens"].items()}
     steps = [r["step"] for r in log_records(gpu_run["out"]) if r["kind"] == "train"]
     assert steps == sorted(set(steps)), "log lines repeated or lost across the resume"
 
@@ -172,7 +172,7 @@ def test_two_rank_nccl_ddp(gpu_run, tmp_path):
     config = json.load(open(os.path.join(out, "config.json")))
     done = json.load(open(os.path.join(out, "done")))
     assert config["runtime"]["world_size"] == 2
-    assert done["tokens_per_component"] == config["mixture"]["tokens"]
+    assert done["tokens_per_component"] == config["trained_on"]["tokens"]
 
 
 @pytest.mark.parametrize("impl", ["chunked"])

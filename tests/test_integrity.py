@@ -20,7 +20,7 @@ import evaluate
 import train
 from configurator import UserError
 from conftest import ROOT, make_synthetic
-from runs import FILE_MODE
+from harness.runs import FILE_MODE
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",
         "--warmup_iters=2", "--log_interval=2", "--eval_interval=50", "--val_windows=8", "--ckpt_interval=4",
@@ -161,13 +161,13 @@ def test_run_files_follow_the_umask(tiny_synthetic, tmp_path):
 
 
 def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_path):
-    from data import Dataset
-    from mixture import Mixture, training_share
+    from harness.data import Dataset
+    from harness.mixture import Mixture, training_share
     mix, _ = train_run(tiny_synthetic, tmp_path, "--k=3")
     ctrl, _ = train_run(tiny_synthetic, tmp_path, "--k=3", "--control=True")
     mix_config, ctrl_config = (json.load(open(os.path.join(r, "config.json"))) for r in (mix, ctrl))
     first = mix_config["config"]["components"][0]
-    assert ctrl_config["mixture"]["tokens"] == {first: mix_config["mixture"]["tokens"][first]}
+    assert ctrl_config["trained_on"]["tokens"] == {first: mix_config["trained_on"]["tokens"][first]}
     assert ctrl_config["schedule"]["epochs"] == 3 * mix_config["schedule"]["epochs"]
     assert abs(ctrl_config["schedule"]["steps"] - mix_config["schedule"]["steps"]) <= ctrl_config["schedule"]["epochs"]
     # token for token: each run's buffer rebuilt from its own saved config, as train.py builds it
@@ -184,7 +184,7 @@ def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_
 
 def test_a_mixture_other_than_the_default_order_is_its_own_experiment(tiny_synthetic, tmp_path):
     """--weights=3,1 or --components=a,c beside the default K = 2 run: never another seed of it."""
-    from analysis import Run
+    from harness.experiments import Run
     default, _ = train_run(tiny_synthetic, tmp_path)
     order = json.load(open(os.path.join(default, "config.json")))["dataset"]["default_order"]
     named, _ = train_run(tiny_synthetic, tmp_path, f"--components={order[0]},{order[1]}")
@@ -201,7 +201,7 @@ def test_a_mixture_other_than_the_default_order_is_its_own_experiment(tiny_synth
     assert len(same) == 1 and len(set(experiments.values())) == 3
 
     # runs from before config.json recorded the default order: it comes from the data's meta.json
-    from analysis import fill_default_orders
+    from harness.experiments import fill_default_orders
     old = []
     for extra in ([], [f"--components={order[0]},{order[2]}"]):
         config = json.load(open(os.path.join(train_dir(tiny_synthetic, tmp_path, *extra), "config.json")))
@@ -240,7 +240,7 @@ def test_a_damaged_config_json_is_rewritten_from_the_run_itself(tiny_synthetic, 
 
 def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_synthetic, tmp_path):
     """Over a larger ablation beside it: the default sweep's experiment is the main one."""
-    from analysis import Run, choose_experiment, group_experiments
+    from harness.experiments import Run, choose_experiment, group_experiments
     synthetic = os.path.join(ROOT, "config", "synthetic.py")
     quick = ["--epochs=1", "--eval_interval=1000", "--val_windows=4"]      # not in an experiment's identity
     def runs(*extra):
@@ -263,8 +263,8 @@ def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_syntheti
 def test_a_k_sweep_beyond_the_default_order_is_one_experiment_with_one_mixture_per_k():
     """K = 6, 7 name their components (the default order has five); those that extend it are the
     default sweep; a K cell whose runs extend it differently keeps the mixture most runs share."""
-    from analysis import Run, drop_mixed_cells
-    from runs import mixture_rule
+    from harness.experiments import Run, drop_mixed_cells
+    from harness.runs import mixture_rule
     order = ["a", "b", "c", "d", "e"]
     assert mixture_rule({"components": order + ["f", "g"], "weights": [1 / 7] * 7}, order) == "default order"
     assert mixture_rule({"components": ["a", "c"], "weights": [0.5, 0.5]}, order) != "default order"

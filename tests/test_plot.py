@@ -13,15 +13,15 @@ import shutil
 import numpy as np
 import pytest
 
-import analysis
+from harness import analysis, experiments
 import evaluate
 import plot
-import report
-import stats
+from harness import report
+from harness import stats
 import train
-from analysis import Interval
+from harness.analysis import Interval
 from configurator import UserError
-from data import BLOCK
+from harness.data import BLOCK
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",
         "--warmup_iters=2", "--log_interval=5", "--eval_interval=50", "--val_windows=8",
@@ -151,8 +151,8 @@ def test_report_of_a_sweep_with_controls_and_an_ablation(sweep, tmp_path):
 
 
 def test_learner_curves_on_synthetic_data(sweep):
-    runs, _ = analysis.load_runs(sweep["out"])
-    experiment, choice = analysis.choose_experiment(analysis.group_experiments(runs), "")
+    runs, _ = experiments.load_runs(sweep["out"])
+    experiment, choice = experiments.choose_experiment(experiments.group_experiments(runs), "")
     a = analysis.analyse(experiment, experiment.runs[0].components[0], [], 20, 0)
     for k, curve in a.curves.items():
         refs = curve.references
@@ -293,3 +293,62 @@ def test_no_runs_is_a_user_error(tmp_path):
     os.makedirs(tmp_path / "out" / "half-trained")
     with pytest.raises(UserError, match="evaluate.py"):
         plot.main([f"--out={tmp_path / 'out'}", f"--results={tmp_path / 'results'}"])
+
+
+def test_runs_without_a_code_fingerprint_are_their_own_experiment(sweep, tmp_path, text_only):
+    """Runs recorded before code entered the identity (no "code" in config.json, the identity of
+    then) form a "code unknown" experiment with a note, never pooled with runs of known code."""
+    from harness.runs import run_identity
+    out = copy_out(sweep, tmp_path, drop=[(1, 1, "epochs2"), (2, 1, "epochs2")])
+    for key in ((1, 1), (2, 1)):
+        folder = os.path.join(out, os.path.basename(sweep["runs"][key]))
+        config, ev = (json.load(open(os.path.join(folder, f))) for f in ("config.json", "eval.json"))
+        del config["code"]
+        config["identity"] = ev["identity"] = run_identity(config["config"], config["dataset"]["fingerprint"])
+        for name, obj in (("config.json", config), ("eval.json", ev)):
+            json.dump(obj, open(os.path.join(folder, name), "w"))
+    text, _ = run_plot(out, str(tmp_path / "results"))
+    experiments = text.split("## Experiments")[1].split("\n## ")[0]
+    assert re.search(r"\| `[0-9a-f]{12}` \| K=1: 1, K=2: 1 \| none \| code = 'unknown", experiments), experiments
+    assert "Code unknown: `" in experiments
+
+
+SHOW_TITLES = """
+import json, sys
+import plot
+titles = {}
+def record(fig, results_dir, name):
+    titles[name] = [ax.get_title() for ax in fig.axes]
+    plot.plt.close(fig)
+    return name + ".png"
+plot.save_figure = record
+plot.main(sys.argv[1:])
+print(json.dumps(titles))
+"""
+
+
+def test_a_fourth_position_range_is_added_in_one_place(sweep, tmp_path):
+    """One edit (a range in data.POSITION_RANGES) and results.csv, REPORT.md and the figures carry it."""
+    import subprocess
+    import sys
+    from test_sweep import copy_of_the_repository
+    repo = copy_of_the_repository(tmp_path / "repo")
+    data_py = repo / "harness" / "data.py"
+    source = data_py.read_text()
+    edited = source.replace('"xe_late": (51, BLOCK)}', '"xe_late": (51, BLOCK), "xe_mid": (11, 50)}')
+    assert edited != source
+    data_py.write_text(edited)
+    out, results = copy_out(sweep, tmp_path), str(tmp_path / "results")
+    done = subprocess.run([sys.executable, "-c", SHOW_TITLES, f"--out={out}", f"--results={results}", "--n_boot=50"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    titles = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "mid, t = 11..50" in titles["fig_decomposition"]
+    with open(os.path.join(results, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:                        # the new range is the mean of XE(t) over t = 11..50
+        ev = json.load(open(os.path.join(out, row["run"], "eval.json")))
+        xe_t = ev["categories"][row["category"]]["xe_t"]
+        assert float(row["xe_mid"]) == pytest.approx(np.mean(xe_t[10:50]), rel=1e-9)
+    report_text = open(os.path.join(results, "REPORT.md")).read()
+    assert "XE mid, t = 11..50 |" in report_text and "Mid, t = 11..50:" in report_text

@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-import data
-import mixture
+from harness import data
+from harness import mixture
 import prepare
 from configurator import UserError
-from data import BLOCK, SPLITS, WINDOW
+from harness.data import BLOCK, SPLITS, WINDOW
 from conftest import ROOT, TINY_SYNTHETIC, make_synthetic
 
 ARXIV_ARGS = ["--tokenizer=r50k_base"]

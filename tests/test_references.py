@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy.special import gammaln
 
-import references as R
+from harness import references as R
 import train
-from data import Dataset
+from harness.data import Dataset
 
 
 def random_chains(rng, m, v):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import stats  # noqa: E402
-from data import BLOCK
+from harness import simulation, stats  # noqa: E402
+from harness.data import BLOCK
 
 T = np.arange(1, BLOCK + 1)
 
@@ -28,10 +28,10 @@ T = np.arange(1, BLOCK + 1)
 COVERAGE_EXPERIMENTS = 3000
 
 
-@pytest.mark.parametrize("regime", list(stats.REGIMES) + list(stats.UNEQUAL))
+@pytest.mark.parametrize("regime", list(simulation.REGIMES) + list(simulation.UNEQUAL))
 def test_chosen_interval_holds_95_percent_at_three_seeds(regime):
-    regimes = {**stats.REGIMES, **stats.UNEQUAL}
-    rows = stats.coverage_table(methods={stats.CHOSEN: stats.METHODS[stats.CHOSEN]},
+    regimes = {**simulation.REGIMES, **simulation.UNEQUAL}
+    rows = simulation.coverage_table(methods={simulation.CHOSEN: simulation.METHODS[simulation.CHOSEN]},
                                 regimes={regime: regimes[regime]}, seed_counts=(3,),
                                 replicates=COVERAGE_EXPERIMENTS, chunk=1000, seed=11)
     assert {r["statistic"] for r in rows} == {"mean", "paired difference"}
@@ -57,18 +57,18 @@ def test_document_term_is_unbiased_for_unequal_documents():
 
 def test_previous_bootstrap_undercovers_where_seeds_dominate():
     """The issue's finding: resampling 3 seeds misses the seed variance of a paired difference."""
-    rows = stats.coverage_table(methods={"bootstrap": stats.crossed_bootstrap_bounds},
-                                regimes={"seed-dominated": stats.REGIMES["seed-dominated"]}, seed_counts=(3,),
+    rows = simulation.coverage_table(methods={"bootstrap": simulation.crossed_bootstrap_bounds},
+                                regimes={"seed-dominated": simulation.REGIMES["seed-dominated"]}, seed_counts=(3,),
                                 replicates=600, n_boot=400, statistics=("paired difference",), chunk=300, seed=3)
     assert rows[0]["coverage"] < 0.88, rows
 
 
 def test_coverage_table_markdown():
-    rows = stats.coverage_table(regimes={"mixed": stats.REGIMES["mixed"]}, seed_counts=(2,), replicates=40,
+    rows = simulation.coverage_table(regimes={"mixed": simulation.REGIMES["mixed"]}, seed_counts=(2,), replicates=40,
                                 n_boot=50, chunk=40)
-    text = stats.markdown_table(rows)
+    text = simulation.markdown_table(rows)
     assert text.count("\n") == 3 and "| mixed | paired difference | 2 |" in text
-    assert all(name in text.splitlines()[0] for name in stats.METHODS)
+    assert all(name in text.splitlines()[0] for name in simulation.METHODS)
 
 
 # -----------------------------------------------------------------------------
@@ -95,12 +95,12 @@ def test_one_seed_interval_covers_documents_only():
     assert result["covers"] == "documents only" and result["df"] == 19
     assert result["ci"][0] < result["value"] < result["ci"][1]
     # conditional on the one training run it holds 95%: no seed variation, coverage of mu
-    rows = stats.coverage_table(methods={"t": stats.crossed_t_bounds}, seed_counts=(1,), replicates=1000,
+    rows = simulation.coverage_table(methods={"t": simulation.crossed_t_bounds}, seed_counts=(1,), replicates=1000,
                                 regimes={"no seed effect": {"seed_sd": 0.0, "interaction_sd": 0.05}}, seed=5)
     assert all(0.92 <= r["coverage"] <= 0.98 for r in rows), rows
     # but it does not cover what a new seed would give: where seeds dominate, a difference misses often
-    rows = stats.coverage_table(methods={"t": stats.crossed_t_bounds}, seed_counts=(1,), replicates=1000,
-                                regimes={"seed-dominated": stats.REGIMES["seed-dominated"]},
+    rows = simulation.coverage_table(methods={"t": simulation.crossed_t_bounds}, seed_counts=(1,), replicates=1000,
+                                regimes={"seed-dominated": simulation.REGIMES["seed-dominated"]},
                                 statistics=("paired difference",), seed=5)
     assert rows[0]["coverage"] < 0.6, rows
 
@@ -123,7 +123,7 @@ def test_estimates_are_the_plain_means():
     np.testing.assert_allclose(stats.crossed_mean(a, docs)["value"], a.mean(axis=(0, 1)))
     np.testing.assert_allclose(stats.crossed_paired_difference(a, b, docs)["value"],
                                a.mean(axis=(0, 1)) - b.mean(axis=(0, 1)))
-    np.testing.assert_allclose(stats.crossed_mean(a, docs)["value"], stats.bootstrap_mean(a, docs, 10)[0])
+    np.testing.assert_allclose(stats.crossed_mean(a, docs)["value"], simulation.bootstrap_mean(a, docs, 10)[0])
     one = stats.crossed_mean(a[..., 2], docs)                            # elementwise over trailing axes
     assert one["value"] == pytest.approx(stats.crossed_mean(a, docs)["value"][2])
     assert one["ci"][0] == pytest.approx(stats.crossed_mean(a, docs)["ci"][0][2])
@@ -267,9 +267,9 @@ def test_replicates_reproduce_the_interval_variance():
 
 def test_refitted_intervals_scope_and_derived_parameters():
     rng = np.random.default_rng(8)
-    cells, docs = stats.simulate_sweep(stats.REGIMES["mixed"], 3, rng)
-    values, curve_docs = stats.simulate_curves(stats.REGIMES["mixed"], 2, rng)
-    fits = stats.fitted_laws(cells, docs, (values, curve_docs), n_rep=200, seed=0)
+    cells, docs = simulation.simulate_sweep(simulation.REGIMES["mixed"], 3, rng)
+    values, curve_docs = simulation.simulate_curves(simulation.REGIMES["mixed"], 2, rng)
+    fits = simulation.fitted_laws(cells, docs, (values, curve_docs), n_rep=200, seed=0)
     for law, fit in fits.items():
         assert fit["covers"] == "seeds and documents" and fit["interval"].startswith("refitted"), law
         for name, p in fit["params"].items():
@@ -279,7 +279,7 @@ def test_refitted_intervals_scope_and_derived_parameters():
     assert position["params"]["a"]["ci95"][0] < 1.5 < position["params"]["a"]["ci95"][1]
     # one seed in one cell: every fit interval is over documents only
     one_seed = {k: (v[:1] if k == 3 else v) for k, v in cells.items()}
-    fits = stats.fitted_laws(one_seed, docs, (values[:1], curve_docs), n_rep=100, seed=0)
+    fits = simulation.fitted_laws(one_seed, docs, (values[:1], curve_docs), n_rep=100, seed=0)
     assert {fit["covers"] for fit in fits.values()} == {"documents only"}
 
 
@@ -288,12 +288,12 @@ def test_refitted_ln_k_interval_covers():
     rng = np.random.default_rng(9)
     hits = []
     for i in range(300):
-        cells, docs = stats.simulate_sweep(stats.REGIMES["mixed"], 3, rng, ks=(1, 2, 4))
+        cells, docs = simulation.simulate_sweep(simulation.REGIMES["mixed"], 3, rng, ks=(1, 2, 4))
         ks = sorted(cells)
         points = np.concatenate([cells[k][..., 0].mean(axis=1) for k in ks])
         replicates = stats.run_level_replicates([stats.document_means(cells[k][..., 0], docs) for k in ks],
                                                 points, n_rep=200, seed=i)
         fit = stats.fit_linear_in_log_k(np.repeat(ks, 3), points, replicates)
-        hits.append(fit["params"]["b"]["ci95"][0] <= stats.LAWS_TRUTH["lnK"]["b"] <= fit["params"]["b"]["ci95"][1])
+        hits.append(fit["params"]["b"]["ci95"][0] <= simulation.LAWS_TRUTH["lnK"]["b"] <= fit["params"]["b"]["ci95"][1])
     # binomial(300, 0.95): outside [0.90, 0.99] with probability < 0.1%
     assert 0.90 <= np.mean(hits) <= 0.99, np.mean(hits)

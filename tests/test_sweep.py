@@ -213,3 +213,43 @@ def test_arxiv_sweep_without_gpu_stops_with_an_estimate(tmp_path):
     assert "no GPU visible" in result.stdout and "bash sweep.sh synthetic" in result.stdout
     assert "days" in result.stdout
     assert not os.path.exists(tmp_path / "arxiv")          # stopped before downloading anything
+
+
+def copy_of_the_repository(dst):
+    """The scripts, package and configs (not .git, data or runs) in a folder of their own."""
+    import shutil
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", "data", "out", "results", "__pycache__",
+                                                             ".pytest_cache", ".whl", "*.log"))
+    return dst
+
+
+def test_an_edit_to_the_code_trains_new_runs_and_a_comment_does_not(tmp_path):
+    """Code is in a run's identity: a comment or docstring edit reuses every run; a changed
+    learning-rate schedule trains new runs beside the old, and the report keeps them apart."""
+    repo = copy_of_the_repository(tmp_path / "repo")
+    args = ["bash", "sweep.sh", "synthetic", *TRAIN_ARGS, "--token_budget=1500", "--epochs=2"]
+    env = sweep_env(tmp_path, CONTROLS="0")
+
+    def sweep():
+        result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    first = sweep()
+    assert first.count(": training") == 2
+    train_py = repo / "train.py"
+    source = train_py.read_text()
+    edited = source.replace('    """Linear warmup, then cosine decay to min_lr at the last step."""',
+                            '    """Warmup, then cosine decay (a reworded docstring)."""\n    # and a comment')
+    assert edited != source
+    train_py.write_text(edited)
+    assert sweep().count("finished and evaluated, skipped") == 2
+    schedule = edited.replace("return cfg.learning_rate * (step + 1) / cfg.warmup_iters",
+                              "return cfg.learning_rate * (step + 1) / (2 * cfg.warmup_iters)")
+    assert schedule != edited
+    train_py.write_text(schedule)
+    third = sweep()
+    assert third.count(": training") == 2
+    assert len(glob.glob(f"{tmp_path}/out/synthetic_k*")) == 4           # the old runs stay beside the new
+    report = open(f"{tmp_path}/results/REPORT.md").read()
+    assert re.search(r"\| code = 'train [0-9a-f]{8}' \(main: 'train [0-9a-f]{8}'\)", report), report[:3000]

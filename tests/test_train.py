@@ -13,7 +13,8 @@ import torch
 
 import train
 from configurator import UserError
-from data import BLOCK, Dataset, gather_windows
+from harness.mixture import WindowSource
+from harness.data import BLOCK, Dataset, gather_windows
 from model import GPT, GPTConfig, resolve_device
 from conftest import ROOT, make_synthetic
 
@@ -107,7 +108,7 @@ def test_equal_budgets_and_steps_across_k(tiny_synthetic, tmp_path):
         out = run_train(tiny_synthetic, tmp_path / f"k{k}", f"--k={k}",
                         f"--token_budget={budget}", f"--epochs={epochs}")
         done, config = read(os.path.join(out, "done")), read(os.path.join(out, "config.json"))
-        quotas = config["mixture"]["tokens"]
+        quotas = config["trained_on"]["tokens"]
         assert sum(quotas.values()) == budget and len(quotas) == k
         assert max(quotas.values()) - min(quotas.values()) <= 1          # budget/K each
         assert done["tokens_per_component"] == {c: q * epochs for c, q in quotas.items()}
@@ -122,8 +123,8 @@ def test_host_and_device_window_gather_agree(tiny_synthetic):
     mix = train.Mixture(ds, ["chain0"], [3000], seed=0)
     starts, n_targets, _ = mix.epoch_windows(seed=0, epoch=0)
     cpu = torch.device("cpu")
-    host = train.WindowSource(mix.tokens, cpu, on_device=False).batch(starts, n_targets)
-    dev = train.WindowSource(mix.tokens, cpu, on_device=True).batch(starts, n_targets)
+    host = WindowSource(mix.tokens, cpu, on_device=False).batch(starts, n_targets)
+    dev = WindowSource(mix.tokens, cpu, on_device=True).batch(starts, n_targets)
     assert torch.equal(host[0], dev[0]) and torch.equal(host[1], dev[1])
     x, y = gather_windows(mix.tokens, starts, n_targets)
     assert np.array_equal(x[:, 1:], np.where(y[:, :-1] >= 0, y[:, :-1], x[:, 1:]))
@@ -139,7 +140,7 @@ def test_the_epoch_plan_uploaded_once_gives_every_steps_windows(tiny_synthetic):
     for world in (1, 2):
         plan = train.StepPlan(mix, batch_size=4, world=world)
         for rank in range(world):
-            host, dev = (train.WindowSource(mix.tokens, cpu, on_device=d) for d in (False, True))
+            host, dev = (WindowSource(mix.tokens, cpu, on_device=d) for d in (False, True))
             for step in range(3 * plan.steps_per_epoch):
                 a, b = host.step_batch(plan, 5, step, rank), dev.step_batch(plan, 5, step, rank)
                 assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -420,7 +421,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
 
 def test_tiny_model_learns_a_chain_to_near_its_entropy_rate(tmp_path):
     from evaluate import bayes_losses
-    from data import fixed_windows
+    from harness.data import fixed_windows
     data = make_synthetic(tmp_path / "one", "--n_components=1", "--split_tokens=(60000,3000,30000)",
                           "--seed=11")
     out = str(tmp_path / "run")

@@ -17,8 +17,24 @@ from configurator import UserError
 BLOCK = 100            # targets per window: XE(t) is measured at t = 1..BLOCK
 WINDOW = BLOCK + 1     # tokens per window: one token of context before the first target
 SPLITS = ("train", "val", "test")
-EARLY = slice(0, 10)           # the early positions, t = 1..10 (where identification happens)
-LATE = slice(50, BLOCK)        # the late positions, t = 51..100 (where K should not matter)
+# The position ranges every table, figure and sentence reports, in one place: name -> (first t,
+# last t). Add one (say "xe_mid": (11, 50)) and results.csv, REPORT.md, fits.json and the
+# figures follow. "xe_mean" is the whole window; early is where identification happens, late
+# where K should not matter.
+POSITION_RANGES = {"xe_mean": (1, BLOCK), "xe_early": (1, 10), "xe_late": (51, BLOCK)}
+
+
+def positions(name):
+    """The slice of positions t (0-based) of a range of POSITION_RANGES."""
+    first, last = POSITION_RANGES[name]
+    return slice(first - 1, last)
+
+
+def range_label(name):
+    """How tables and captions name a range: "mean over t = 1..100", "early, t = 1..10"."""
+    first, last = POSITION_RANGES[name]
+    return (f"mean over t = {first}..{last}" if name == "xe_mean" else
+            f"{name.removeprefix('xe_').replace('_', ' ')}, t = {first}..{last}")
 
 
 def stable_hash(text):

@@ -2,7 +2,9 @@
 The run folder: how its files are written (atomically, never half-written), what a run records
 about where it came from, and (below) the run's identity, name and lock.
 """
+import ast
 import hashlib
+import io
 import json
 import os
 import platform
@@ -12,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import tokenize
 from contextlib import contextmanager
 
 from configurator import UserError, configure, script_defaults
@@ -89,6 +92,12 @@ def read_log(path):
     return entries
 
 
+def trained_on(saved):
+    """What a run trained on, from its config.json: {"components", "weights", "tokens", "docs"}
+    (a control: its one component). Runs before 2026-11-28 recorded it as "mixture"."""
+    return saved.get("trained_on") or saved.get("mixture") or {}
+
+
 def provenance():
     here = os.path.dirname(os.path.abspath(__file__))
     def git(*args):
@@ -135,9 +144,12 @@ def identity_config(config):
     return {k: v for k, v in sorted(config.items()) if k not in NOT_IDENTITY}
 
 
-def run_identity(config, data_fingerprint):
-    """A run's identity: a hash of every setting that changes its numbers and of its data."""
-    return _digest({"config": identity_config(config), "data": data_fingerprint})
+def run_identity(config, data_fingerprint, code=None):
+    """A run's identity: a hash of every setting that changes its numbers, of its data, and of the
+    code that turns them into numbers (code_fingerprint(TRAINING_CODE)). code=None is a run
+    recorded before code entered the identity: its identity is what it was then."""
+    parts = {"config": identity_config(config), "data": data_fingerprint}
+    return _digest(parts if code is None else dict(parts, code=code))
 
 
 def mixture_rule(config, default_order):
@@ -147,7 +159,7 @@ def mixture_rule(config, default_order):
     length, components that extend it), else the explicit components and weights, an experiment
     of their own, so that a --weights=3,1 or --components=a,c run is never pooled as another seed
     of K = 2. default_order None (a run from before it was recorded): components not checked.
-    Runs of one K that extend the order differently are told apart by analysis.drop_mixed_cells.
+    Runs of one K that extend the order differently are told apart by experiments.drop_mixed_cells.
     """
     names, weights = list(config.get("components") or []), list(config.get("weights") or [])
     equal = all(abs(w - weights[0]) < 1e-9 for w in weights)
@@ -163,11 +175,73 @@ def experiment_config(config, default_order=None):
     return dict(shared, mixture=mixture_rule(config, default_order))
 
 
-def experiment_identity(config, data_fingerprint, default_order=None):
-    return _digest({"config": experiment_config(config, default_order), "data": data_fingerprint})
+def experiment_identity(config, data_fingerprint, default_order=None, code=None):
+    """An experiment's id: its runs' shared settings, data and code (None: "code unknown")."""
+    parts = {"config": experiment_config(config, default_order), "data": data_fingerprint}
+    return _digest(parts if code is None else dict(parts, code=code))
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+# -----------------------------------------------------------------------------
+# the code that makes the numbers: edits train new runs; comments and docstrings do not
+
+# by module name, never by path (a moved file keeps its fingerprint)
+TRAINING_CODE = ("train", "model", "harness.data", "harness.mixture")
+EVALUATION_CODE = ("evaluate", "model", "harness.data", "harness.mixture", "harness.references")
+
+
+def source_fingerprint(source):
+    """
+    sha256 of a module's tokens without comments, docstrings or layout: the same for a reformatted
+    file and on Python 3.10-3.13 (ast.dump is not: 3.12 prints fields 3.11 does not). Logical
+    lines and indentation count; how a line is broken or indented, and what comments say, do not.
+    Python 3.12 splits f-strings into tokens: each is joined back into one string, as before 3.12.
+    """
+    tree = ast.parse(source)
+    docstrings = {(body[0].lineno, body[0].col_offset) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  for body in [node.body]
+                  if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                  and isinstance(body[0].value.value, str)}
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    h, fstring, skipping = hashlib.sha256(), [], False
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        kind = tokenize.tok_name[tok.type]
+        if kind in ("COMMENT", "NL", "ENCODING", "ENDMARKER"):
+            continue
+        if kind == "FSTRING_START":
+            fstring.append(tok.start)
+            continue
+        if fstring:                                  # inside an f-string (3.12+): joined at its end
+            if kind == "FSTRING_END":
+                start = fstring.pop()
+                if not fstring:
+                    text = source[offsets[start[0] - 1] + start[1]:offsets[tok.end[0] - 1] + tok.end[1]]
+                    h.update(b"STRING " + text.encode() + b"\n")
+            continue
+        if kind == "STRING" and tok.start in docstrings:
+            skipping = True                          # the docstring and the end of its line
+        if skipping:
+            skipping = kind != "NEWLINE"
+            continue
+        h.update((kind if kind in ("NEWLINE", "INDENT", "DEDENT") else f"{kind} {tok.string}").encode() + b"\n")
+    return h.hexdigest()
+
+
+def code_fingerprint(modules):
+    """{"fingerprint", "modules": {name: fingerprint}} of the modules' source, read from ROOT."""
+    found = {}
+    for name in sorted(set(modules)):
+        path = os.path.join(ROOT, *name.split(".")) + ".py"
+        with open(path, encoding="utf-8") as f:
+            found[name] = source_fingerprint(f.read())
+    return {"fingerprint": _digest(found), "modules": found}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # where the scripts are
+CONFIG_DIR = os.path.join(ROOT, "config")
 
 
 # the config files a sweep of each source runs with by default (sweep.sh's BASE_CONFIG): plot.py

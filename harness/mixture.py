@@ -2,15 +2,17 @@
 What a run trains on, and in which order: the K-mixture a config names (budget/K tokens of each
 component, as a seeded random subset of whole documents), a control run's share of it, every
 epoch's windows (a fresh random phase per document, shuffled across components, every token a
-target exactly once), and the step plan that gives every K the same steps on the same tokens.
-train.py trains on it; evaluate.py rebuilds it to count the tokens a run saw (the learner).
+target exactly once), the step plan that gives every K the same steps on the same tokens, and
+the windows of a step as tensors on the training device (WindowSource). train.py trains on it;
+evaluate.py rebuilds it to count the tokens a run saw (the learner).
 """
 import math
 
 import numpy as np
+import torch
 
 from configurator import UserError
-from data import BLOCK, WINDOW, stable_hash
+from harness.data import BLOCK, WINDOW, gather_windows, stable_hash
 
 EPOCH_STREAM = 0xE90C   # a constant that separates the epoch phase/order random stream from others
                         # seeded by [seed, epoch] (any fixed value would do; it must never change)
@@ -202,3 +204,59 @@ class StepPlan:
         return tuple(a[rank::self.world] for a in rows)
 
 
+# -----------------------------------------------------------------------------
+# the windows of a step as tensors on the training device
+
+class WindowSource:
+    """
+    Turns (starts, n_targets) into (x, y) tensors on the training device. On CUDA the mixture's
+    tokens live on the GPU and windows are gathered there, from an epoch's step plan uploaded
+    once (no host-to-device copy and no sync per step, so the host queues steps ahead of the
+    GPU); else windows are gathered from the host buffer by the numpy twin of the same arithmetic.
+    """
+
+    def __init__(self, tokens, device, on_device):
+        self.device, self.on_device = device, on_device
+        self.epoch, self.plan_on_device = None, None
+        if on_device:
+            self.tokens = torch.from_numpy(tokens.astype(np.int32)).to(device)
+            self.offsets = torch.arange(WINDOW, device=device)
+            self.positions = torch.arange(BLOCK, device=device)
+        else:
+            self.tokens = tokens
+
+    def step_batch(self, plan, seed, step, rank):
+        """A global step's (x, y) for this rank, with the whole step's n_targets and components
+        (every rank counts every row's tokens) and its epoch."""
+        starts, n_targets, comp, epoch = plan.step(seed, step)
+        if not self.on_device:
+            return (*self.batch(*plan.for_rank((starts, n_targets), rank)), n_targets, comp, epoch)
+        if self.epoch != (seed, epoch):
+            table = plan.epoch_table(seed, epoch)
+            self.plan_on_device = [torch.from_numpy(np.ascontiguousarray(a[:, rank::plan.world])).to(self.device)
+                                   for a in table[:2]]
+            self.epoch = (seed, epoch)
+        j = step % plan.steps_per_epoch
+        return (*self.gather(self.plan_on_device[0][j], self.plan_on_device[1][j]), n_targets, comp, epoch)
+
+    def batch(self, starts, n_targets):
+        """(x, y) of windows given as numpy arrays."""
+        if self.on_device:
+            return self.gather(torch.from_numpy(starts).to(self.device, non_blocking=True),
+                               torch.from_numpy(n_targets).to(self.device, non_blocking=True))
+        x, y = gather_windows(self.tokens, starts, n_targets)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if self.device.type == "cuda":
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x, y
+
+    def gather(self, starts, n_targets):
+        """(x, y) from the device's tokens for windows given as device tensors."""
+        window = self.tokens[starts[:, None] + self.offsets[None, :]].long()
+        # contiguous, like every other batch the model sees: a compiled model specialises on
+        # strides and would otherwise compile a second graph for other callers
+        x, y = window[:, :-1].contiguous(), window[:, 1:].clone()
+        # masked_fill, not y[mask] = -1: boolean indexing waits for the GPU (nonzero), and a wait
+        # every step stops the host from queueing the next step while this one runs
+        return x, y.masked_fill_(self.positions[None, :] >= n_targets[:, None], -1)

@@ -1,73 +1,25 @@
 """
-What plot.py draws and report.py writes, computed without drawing. Evaluated runs are loaded
-into Run records and grouped into experiments (runs that share every setting that changes their
-numbers except seed and K: runs.experiment_config); one experiment's runs make a cell per K on
-each evaluation view. stats.py gives every interval, test and fitted law (its docstring says
+What plot.py draws and report.py writes, computed without drawing: one experiment's runs
+(experiments.py loads and groups them) make a cell per K on each evaluation view. stats.py gives every interval, test and fitted law (its docstring says
 how); this module picks the data for them and returns the results as small dataclasses.
 """
 import math
-import os
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from configurator import UserError
-from data import BLOCK, EARLY, LATE
-from runs import (DEFAULT_CONFIGS, experiment_config, experiment_identity, read_json, read_log,
-                  train_defaults)
-from stats import (DocumentMeans, crossed_mean, crossed_variance, difference_interval, document_means,
+from harness.data import BLOCK, POSITION_RANGES, positions
+from harness.experiments import REFERENCES, BudgetCheck, Experiment, budget_check, differences
+from harness.stats import (DocumentMeans, crossed_mean, crossed_variance, difference_interval, document_means,
                    fit_linear_in_log_k, fit_position_curve, fit_power_law, holm, interval_component,
                    mean_interval, curve_replicates, run_level_replicates, t_interval, trend_test)
 
-METRICS = ("xe_mean", "xe_early", "xe_late")
+METRICS = tuple(POSITION_RANGES)     # every table, figure and sentence iterates these
+LATE = METRICS.index("xe_late")       # the late range: the late-position law and the areas
 VIEWS = {"first": "first component", "own": "own components (mean)",
          "top5": "top five (mean)", "unseen": "unseen categories (mean)"}
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")   # experiments that differ only here: the model-size figure
-REFERENCES = ("bayes", "oracle", "learner", "learner1")
-
-
-# -----------------------------------------------------------------------------
-# runs and experiments
-
-@dataclass
-class Run:
-    """An evaluated run folder: its files as read, and the facts about it that the analysis asks."""
-    name: str
-    dir: str
-    eval: dict                      # eval.json
-    arrays: dict                    # eval.npz
-    config: dict                    # config.json
-    done: dict
-    log: list
-    known_order: list = None        # the data's default order, for runs whose config.json predates it
-
-    k = property(lambda self: int(self.eval["k"]))              # a control: the K it mirrors
-    seed = property(lambda self: self.eval["seed"])
-    components = property(lambda self: list(self.eval["components"]))     # what it trained on
-    control = property(lambda self: bool(self.eval.get("control")))
-    default_order = property(lambda self: self.config.get("dataset", {}).get("default_order")
-                             or self.known_order)
-    source = property(lambda self: self.eval["source"])
-    settings = property(lambda self: self.config.get("config", {}))      # train.py's resolved config
-
-    @property
-    def experiment(self):
-        """Its experiment's id, by runs.experiment_identity (the one definition) from config.json."""
-        return experiment_identity(self.settings, self.config["dataset"]["fingerprint"], self.default_order)
-
-
-@dataclass
-class Experiment:
-    """Runs that share every setting that changes their numbers except seed and K (and the data)."""
-    id: str
-    runs: list = field(default_factory=list)          # the K runs
-    controls: list = field(default_factory=list)      # data-matched K = 1 runs of its K-mixtures
-
-    @property
-    def settings(self):
-        first = (self.runs or self.controls)[0]
-        return experiment_config(first.settings, first.default_order)
 
 
 # -----------------------------------------------------------------------------
@@ -106,13 +58,14 @@ class Cell:
     covers: str
     run_xe_mean: list               # one value per run (seed), for the dots and the run-level fits
     run_xe_late: list
-    xe_mean: Interval
-    xe_early: Interval
-    xe_late: Interval
+    xe: dict                        # range of data.POSITION_RANGES -> Interval
     bayes_mean: Interval = None
     bayes_late: Interval = None
     oracle_mean: Interval = None
     oracle_late: Interval = None
+
+    xe_mean = property(lambda self: self.xe["xe_mean"])
+    xe_late = property(lambda self: self.xe["xe_late"])
 
 
 @dataclass
@@ -222,42 +175,10 @@ class SizeRow:
     xe_mean: Interval
 
 
-@dataclass
-class BudgetCheck:
-    """The runs of one experiment: the tokens they planned and trained on, and their steps."""
-    token_budget: int
-    n_runs: int
-    problems: list
-    tokens: int = None
-
-    @property
-    def ok(self):
-        return not self.problems
 
 
-@dataclass
-class ControlCheck:
-    """A control against its mixture run (same K and seed): steps equal up to rounding, same share."""
-    k: int
-    seed: object
-    control: str
-    mixture: str = None
-    steps: tuple = (None, None)         # (control, mixture)
-    tokens: tuple = (None, None)        # trained, (control, mixture)
-    share: tuple = (None, None)         # the first component's unique tokens (control, mixture)
-    tolerance: int = 0                  # steps may differ by one per epoch of the control
-
-    @property
-    def ok(self):
-        c, m = self.steps
-        return self.mixture is not None and abs(c - m) <= self.tolerance and self.share[0] == self.share[1]
 
 
-@dataclass
-class Difference:
-    key: str
-    main: object
-    other: object
 
 
 @dataclass
@@ -285,187 +206,6 @@ class Study:
     dataset_stats: dict = None
     order_known: bool = False
     n_boot: int = 0
-
-
-# -----------------------------------------------------------------------------
-# loading runs
-
-def read_run(folder):
-    """A Run from an evaluated folder, or the reason it is left out."""
-    for needed, what in (("eval.json", "no eval.json"), ("eval.npz", "eval.json without eval.npz")):
-        if not os.path.exists(os.path.join(folder, needed)):
-            return f"not evaluated ({what})"
-    try:
-        ev = read_json(os.path.join(folder, "eval.json"))
-        with np.load(os.path.join(folder, "eval.npz")) as z:
-            arrays = {key: z[key] for key in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:     # e.g. cut short in a copy
-        return f"unreadable evaluation files ({type(e).__name__}: {e}); re-run evaluate.py"
-    try:
-        config = read_json(os.path.join(folder, "config.json"))
-        done = read_json(os.path.join(folder, "done"))
-    except (OSError, ValueError) as e:
-        return f"config.json or done unreadable ({type(e).__name__}); train it again"
-    if "identity" not in ev or ev.get("identity") != config.get("identity"):
-        return f"evaluated before this version or for another run; re-run `python evaluate.py {folder}`"
-    if ev.get("checkpoint_step") != done.get("steps"):
-        return (f"its checkpoint (step {ev.get('checkpoint_step')}) is not the finished run `done` "
-                f"describes (step {done.get('steps')}): left out; finish it with train.py")
-    log = read_log(os.path.join(folder, "log.jsonl"))
-    return Run(os.path.basename(folder), folder, ev, arrays, config, done, log)
-
-
-def load_runs(out_dir):
-    """Evaluated runs (sorted by K, seed, name) and {name: why} for folders that are not."""
-    if not os.path.isdir(out_dir):
-        return [], {}
-    runs, skipped, seen = [], {}, {}
-    for name in sorted(os.listdir(out_dir)):
-        folder = os.path.join(out_dir, name)
-        if not os.path.isdir(folder) or name.startswith("."):
-            continue
-        run = read_run(folder)
-        if isinstance(run, str):
-            skipped[name] = run
-        elif run.eval["identity"] in seen:   # one training run under two names (a sweep's, a hand-made one)
-            skipped[name] = f"the same run (identity) as `{seen[run.eval['identity']]}`: counted once"
-        else:
-            seen[run.eval["identity"]] = name
-            runs.append(run)
-    runs.sort(key=lambda r: (r.k, str(r.seed), r.name))
-    fill_default_orders(runs, out_dir)
-    return runs, skipped
-
-
-def fill_default_orders(runs, out_dir):
-    """A run's experiment needs its data's default order, which config.json records only since
-    2026-11-26: for older runs, take it from a newer run on the same data, else from the data's
-    meta.json when its fingerprint is the run's."""
-    known = {r.config["dataset"]["fingerprint"]: r.default_order for r in runs if r.default_order}
-    for r in (r for r in runs if not r.default_order):
-        fingerprint = r.config["dataset"]["fingerprint"]
-        meta_path = dataset_file(r, "meta.json", out_dir)
-        meta = read_json(meta_path) if meta_path else {}
-        r.known_order = known.get(fingerprint) or (
-            meta.get("default_order") if meta.get("fingerprint") == fingerprint else None)
-
-
-def drop_other_evalsets(runs, skipped):
-    """Every comparison pairs windows across runs: a run scored on another evaluation set is left out."""
-    kept = list(runs)
-    for dataset in sorted({r.eval["dataset"] for r in runs}):
-        shas = [r.eval.get("evalset", {}).get("sha") for r in runs if r.eval["dataset"] == dataset]
-        common = max(sorted(set(shas), key=str), key=shas.count)
-        for r in runs:
-            if r.eval["dataset"] == dataset and r.eval.get("evalset", {}).get("sha") != common:
-                skipped[r.name] = (f"evaluated on a different evaluation set than the other {dataset} runs; "
-                                   f"re-run `python evaluate.py {r.dir} --force`")
-                kept.remove(r)
-    return kept
-
-
-def drop_mixed_cells(runs, skipped):
-    """A K cell pools one mixture: runs of one experiment and K that extend the default order
-    differently (K beyond its length) keep the mixture most of them trained on; the rest are left out."""
-    cells = {}
-    for r in runs:
-        cells.setdefault((r.experiment, r.control, r.k), []).append(r)
-    kept = list(runs)
-    for (_, control, k), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
-        mixtures = [tuple(r.components) for r in cell]
-        common = max(sorted(set(mixtures)), key=mixtures.count)
-        for r in cell:
-            if tuple(r.components) != common:
-                kept.remove(r)
-                skipped[r.name] = (f"trained on {', '.join(r.components)}, while the other K={k}"
-                                   f"{' control' if control else ''} runs of its experiment trained on "
-                                   f"{', '.join(common)}: a K cell pools one mixture")
-    return kept
-
-
-# -----------------------------------------------------------------------------
-# experiments
-
-def group_experiments(runs):
-    """{experiment id: Experiment}; controls join their experiment, apart from its K cells."""
-    experiments = {}
-    for r in runs:
-        e = experiments.setdefault(r.experiment, Experiment(r.experiment))
-        (e.controls if r.control else e.runs).append(r)
-    return experiments
-
-
-def default_experiment(run):
-    """The experiment the current defaults make on this run's data: train.py's defaults with the
-    source's default config files (runs.DEFAULT_CONFIGS, what `bash sweep.sh [synthetic]` runs)."""
-    config = train_defaults(DEFAULT_CONFIGS.get(run.source, []))
-    config["token_budget"] = config["token_budget"] or run.config["dataset"]["default_budget"]
-    return experiment_identity(config, run.config["dataset"]["fingerprint"], run.default_order)
-
-
-def choose_experiment(experiments, wanted):
-    """The experiment the report is about: --group=<id prefix>, else the one the current defaults
-    make, else the one with the most runs; and which rule chose it. Experiments of controls alone
-    do not count."""
-    groups = {e: x for e, x in experiments.items() if x.runs}
-    if not groups:
-        raise UserError("only control runs are evaluated; evaluate the K runs they mirror too")
-    if wanted:
-        matches = [e for e in groups if e.startswith(wanted)]
-        if len(matches) != 1:
-            raise UserError(f"--group={wanted} matches {len(matches)} experiments; "
-                            f"use a prefix of one of: {', '.join(e[:12] for e in groups)}")
-        return groups[matches[0]], "group"
-    defaults = [e for e, x in groups.items() if e == default_experiment(x.runs[0])]
-    if defaults:
-        return groups[defaults[0]], "defaults"
-    return groups[max(sorted(groups), key=lambda e: len(groups[e].runs))], "largest"
-
-
-def differences(main, other):
-    """How `other` differs from `main`: every experiment setting with another value, and the data."""
-    a, b = main.settings, other.settings
-    found = [Difference(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    data = [(x.runs or x.controls)[0].config["dataset"] for x in (main, other)]
-    if data[0].get("fingerprint") != data[1].get("fingerprint"):
-        found.append(Difference("data", f"{data[0].get('name')} ({str(data[0].get('fingerprint'))[:8]})",
-                                f"{data[1].get('name')} ({str(data[1].get('fingerprint'))[:8]})"))
-    return found
-
-
-# -----------------------------------------------------------------------------
-# the dataset's files: its component order names the first component and the top five
-
-def dataset_file(run, filename, out_dir):
-    """<config.data_dir>/filename, trying the path as given and relative to out/'s parent."""
-    data_dir = run.settings.get("data_dir") or run.config.get("dataset", {}).get("dir")
-    if not data_dir:
-        return None
-    for base in ("", os.path.dirname(os.path.abspath(out_dir))):
-        path = os.path.join(base, data_dir, filename)
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def component_order(runs, out_dir):
-    """(the dataset's stats.json or None, its default component order, whether the data gave it:
-    config.json records it, older runs had it from the data's files)."""
-    stats_path = next(filter(None, (dataset_file(r, "stats.json", out_dir) for r in runs)), None)
-    dataset_stats = read_json(stats_path) if stats_path else None
-    order = next((r.default_order for r in runs if r.default_order), None)
-    if not order:
-        meta_path = next(filter(None, (dataset_file(r, "meta.json", out_dir) for r in runs)), None)
-        order = (dataset_stats or (read_json(meta_path) if meta_path else {})).get("default_order")
-    if order:
-        return dataset_stats, order, True
-    return dataset_stats, list(dict.fromkeys(c for r in runs for c in r.components)), False
-
-
-def first_component(runs, order):
-    """The first component in the default order that every run trained on and was scored on."""
-    shared = set.intersection(*({c for c in r.components if c in r.eval["categories"]} for r in runs))
-    return next((c for c in order + runs[0].components if c in shared), None)
 
 
 # -----------------------------------------------------------------------------
@@ -498,18 +238,18 @@ def view_categories(view, cell, first, top5):
 
 
 def window_stats(values):
-    """Per-window (mean over t, early mean, late mean): (S, N, 3)."""
-    return np.stack([values.mean(-1), values[..., EARLY].mean(-1), values[..., LATE].mean(-1)], -1)
+    """Per-window mean over each range of METRICS: (S, N, len(METRICS))."""
+    return np.stack([values[..., positions(m)].mean(-1) for m in METRICS], -1)
 
 
 def area_parts(values):
     """Per-window area sum_t XE(t), and the area above the window's late-position level."""
     area = values.sum(-1)
-    return np.stack([area, area - BLOCK * values[..., LATE].mean(-1)], -1)
+    return np.stack([area, area - BLOCK * values[..., positions("xe_late")].mean(-1)], -1)
 
 
 def column(means, index):
-    """One window statistic of a cell's DocumentMeans (S, D, 3) -> (S, D)."""
+    """One window statistic of a cell's DocumentMeans (S, D, len(METRICS)) -> (S, D)."""
     return DocumentMeans(means.means[..., index], means.weights, means.ids)
 
 
@@ -523,13 +263,14 @@ def summarise_cell(k, cell, categories):
     overall = mean_interval(means)
     summary = Cell(k, len(cell), [r.name for r in cell], [r.seed for r in cell], categories, values.shape[1],
                    len(means.ids), overall["covers"], per_window[..., 0].mean(1).tolist(),
-                   per_window[..., 2].mean(1).tolist(), *(Interval.of(overall, i) for i in range(3)))
+                   per_window[..., LATE].mean(1).tolist(),
+                   {m: Interval.of(overall, i) for i, m in enumerate(METRICS)})
     for kind in ("bayes", "oracle"):
         ref, _ = stack_view(cell, categories, kind)
         if ref is not None:
             overall = crossed_mean(window_stats(ref), docs)
             setattr(summary, f"{kind}_mean", Interval.of(overall, 0))
-            setattr(summary, f"{kind}_late", Interval.of(overall, 2))
+            setattr(summary, f"{kind}_late", Interval.of(overall, LATE))
     return summary, means
 
 
@@ -726,41 +467,8 @@ def size_rows(experiments, main, first):
     return rows
 
 
-def budget_check(runs):
-    """Did every run train on the tokens it planned, the same for all, in equal steps?"""
-    problems, trained, steps = [], {}, {}
-    for r in runs:
-        epochs = r.config.get("schedule", {}).get("epochs") or r.settings.get("epochs") or 0
-        planned = sum(r.config.get("mixture", {}).get("tokens", {}).values()) * epochs or None
-        trained[r.name], steps[r.name] = r.done["tokens"], r.done["steps"]
-        if planned is not None and trained[r.name] != planned:
-            problems.append(f"{r.name}: trained on {trained[r.name]:,} tokens but its mixture x epochs "
-                            f"is {planned:,}")
-    if len(set(trained.values())) > 1:
-        problems.append("runs trained on different token counts: " +
-                        ", ".join(f"{n}={t:,}" for n, t in trained.items()))
-    if len(set(steps.values())) > 1:
-        problems.append("runs took different numbers of steps: " +
-                        ", ".join(f"{n}={s:,}" for n, s in steps.items()))
-    return BudgetCheck(int(runs[0].eval["token_budget"]), len(runs), problems,
-                       None if problems else next(iter(trained.values())))
 
 
-def control_checks(experiment):
-    """Each control against the mixture run it mirrors (same K and seed): steps, tokens, share."""
-    mixtures = {(r.k, str(r.seed)): r for r in experiment.runs}
-    checks = []
-    for c in experiment.controls:
-        first = c.components[0]
-        epochs = int(c.config.get("schedule", {}).get("epochs", 0))
-        check = ControlCheck(c.k, c.seed, c.name, tolerance=epochs)
-        m = mixtures.get((c.k, str(c.seed)))
-        if m is not None:
-            check.mixture, check.steps = m.name, (c.done["steps"], m.done["steps"])
-            check.tokens = (c.done["tokens"], m.done["tokens"])
-            check.share = tuple(x.config.get("mixture", {}).get("tokens", {}).get(first) for x in (c, m))
-        checks.append(check)
-    return checks
 
 
 def summarise_experiments(experiments, main, first):
@@ -775,25 +483,3 @@ def summarise_experiments(experiments, main, first):
     return summaries
 
 
-def results_rows(runs):
-    """results.csv: one row per run and evaluation category, every experiment."""
-    rows = []
-    for r in runs:
-        ev = r.eval
-        for cat, c in ev["categories"].items():
-            row = {"run": r.name, "experiment": r.experiment, "dataset": ev["dataset"],
-                   "source": ev["source"], "K": r.k, "control": r.control,
-                   "components": "+".join(r.components), "seed": r.seed, "model_size": ev["model_size"],
-                   "n_params": ev["n_params"], "token_budget": ev["token_budget"], "category": cat,
-                   "in_mixture": c["in_mixture"], "n_windows": c["n_windows"]}
-            for kind in ("",) + REFERENCES:
-                block = c.get(kind) if kind else c
-                if block:
-                    prefix = f"{kind}_" if kind else ""
-                    xe_t = np.asarray(block["xe_t"], dtype=float)
-                    row.update({f"{prefix}xe_mean": block["xe_mean"],
-                                f"{prefix}xe_mean_bits": block["xe_mean_bits"],
-                                f"{prefix}xe_early": xe_t[EARLY].mean(),
-                                f"{prefix}xe_late": xe_t[LATE].mean()})
-            rows.append(row)
-    return rows

@@ -6,13 +6,11 @@ computes what is written, plot.py draws the figures and calls `document`.
 import math
 from dataclasses import dataclass
 
-from analysis import VIEWS, Interval
-from data import BLOCK, EARLY, LATE
-from stats import POSITION_C_BOUNDS, SCOPES, law_explanation, position_law, power_law
+from harness.analysis import VIEWS, Interval
+from harness.data import POSITION_RANGES, range_label
+from harness.stats import POSITION_C_BOUNDS, SCOPES, law_explanation, position_law, power_law
 
-METRIC_LABELS = {"xe_mean": f"mean over t = 1..{BLOCK}",
-                 "xe_early": f"early, t = {EARLY.start + 1}..{EARLY.stop}",
-                 "xe_late": f"late, t = {LATE.start + 1}..{LATE.stop}"}
+METRIC_LABELS = {m: range_label(m) for m in POSITION_RANGES}
 # what an interval covers (stats.interval_scope), shown the same way in every table and figure
 SCOPE_MARKS = {"documents only": " †", "seeds only": " ‡"}
 SCOPE_NOTES = {
@@ -158,8 +156,9 @@ def experiments_section(s):
     lines = ["## Experiments", "",
              "An experiment is the runs that share every setting that changes their numbers except seed and "
              "K, K's mixture being the first K components of the default order at equal weights, or one "
-             "named explicitly (runs.experiment_config, and the data); runs of different experiments never "
-             "pool. This "
+             "named explicitly (runs.experiment_config), the data and the code that made the numbers "
+             "(train.py, model.py and the data and mixture code, without comments or docstrings: "
+             "runs.code_fingerprint); runs of different experiments never pool. This "
              f"report is about `{s.main.id[:12]}` ({CHOICE[s.choice]}; `--group=<id prefix>` picks "
              "another). Every run of every experiment is in results.csv (column `experiment`).", "",
              f"| experiment | runs per K | controls per K | differs from `{s.main.id[:8]}` in | first "
@@ -172,6 +171,12 @@ def experiments_section(s):
             diff += " **(budget check failed)**"
         xe = ", ".join(f"K={k}: {number(c.xe_mean.value)}" for k, c in other.first_cells.items()) or "n/a"
         lines.append(f"| `{x.id[:12]}` | {runs_per_k(x.runs)} | {runs_per_k(x.controls)} | {diff} | {xe} |")
+    unknown = [other.experiment.id[:12] for other in s.experiments
+               if (other.experiment.runs or other.experiment.controls)[0].code is None]
+    if unknown:
+        lines += ["", f"Code unknown: {', '.join(f'`{e}`' for e in unknown)} holds runs recorded before the code "
+                      "entered a run's identity; they form their own experiment, never pooled with runs "
+                      "whose code is known. Retrain them to compare."]
     return lines + [""]
 
 
@@ -227,8 +232,8 @@ def k_sentence(parts):
     if mean.total.covers != "n/a" and not mean.total.separated_from_zero:
         total += ", its interval includes 0"
     if mean.scarcity is None:
-        return (f"K={mean.k}, {METRIC_LABELS[mean.metric]}: {total}; no control run, so it is not split "
-                f"(early {fmt(parts[1].total, 4)}, late {fmt(parts[2].total, 4)}).")
+        return (f"K={mean.k}, {METRIC_LABELS[mean.metric]}: {total}; no control run, so it is not split ("
+                + ", ".join(f"{METRIC_LABELS[p.metric]}: {fmt(p.total, 4)}" for p in parts[1:]) + ").")
     return f"K={mean.k}, {METRIC_LABELS[mean.metric]}: {total}; {split_clause(mean)}. " + " ".join(
         f"{METRIC_LABELS[p.metric].capitalize()}: {split_clause(p)}." for p in parts[1:])
 
@@ -277,13 +282,15 @@ def xe_vs_k_body(s):
     """Per view: XE per K with intervals, the trend test and the ln K fit; then the paired contrasts."""
     a, synthetic, lines = s.analysis, s.analysis.synthetic, []
     extra = " Bayes mean | oracle mean |" if synthetic else ""
+    c_metrics = list(POSITION_RANGES)
     for view in a.views.values():
         lines += [f"**{VIEWS[view.name]}**" + (f" `{a.first}`" if view.name == "first" else ""), "",
-                  "| K | seeds | windows (docs) | categories | XE mean | XE t=1..10 | XE t=51..100 |" + extra,
-                  "|---" * (7 + 2 * synthetic) + "|"]
+                  "| K | seeds | windows (docs) | categories | " +
+                  " | ".join(f"XE {METRIC_LABELS[m]}" for m in c_metrics) + " |" + extra,
+                  "|---" * (4 + len(c_metrics) + 2 * synthetic) + "|"]
         for k, c in view.cells.items():
-            lines.append(f"| {k} | {c.n_seeds} | {c.n_windows} ({c.n_docs}) | {', '.join(c.categories)} "
-                         f"| {fmt(c.xe_mean)} | {fmt(c.xe_early)} | {fmt(c.xe_late)} |" +
+            lines.append(f"| {k} | {c.n_seeds} | {c.n_windows} ({c.n_docs}) | {', '.join(c.categories)} | "
+                         + " | ".join(fmt(c.xe[m]) for m in c_metrics) + " |" +
                          (f" {fmt(c.bayes_mean)} | {fmt(c.oracle_mean)} |" if synthetic else ""))
         notes = scope_notes([c.xe_mean for c in view.cells.values()] + [view.lnk_fit])
         lines += [""] + notes if notes else []
@@ -405,7 +412,7 @@ def area_body(s):
 
 def late_caption(s):
     a = s.analysis
-    return (f"Mean XE over t = 51..100 on `{a.first}` against K with the fitted XE_late(K) = E + B K^beta "
+    return (f"XE {range_label('xe_late')} on `{a.first}` against K with the fitted XE_late(K) = E + B K^beta "
             f"(least squares over run-level points). {law_explanation(power_law)} Right: the paired late "
             f"excess over K={a.reference_k}, which the fit predicts as c (K^beta - 1) / beta.")
 
