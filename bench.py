@@ -6,7 +6,7 @@ process on the same inputs; absolute numbers go in BENCHMARKS.md with the machin
     python bench.py --what=prepare            # or train, data, coverage
     python bench.py --what=train --sizes=tiny,small,medium --steps=100
     python bench.py --what=gpu                # every GPU check and benchmark, one command
-    python bench.py --json=bench.json         # also append the results to a JSON file (a list)
+    python bench.py --json_file=bench.json         # also append the results to a JSON file (a list)
 
 prepare  builds a >= 100 MB corpus from the real sample (../shared/realtext, every copy after
          the first with each document's sentences shuffled) as local parquet files in the
@@ -19,20 +19,16 @@ data     per-batch time of a nanoGPT-style loader against data.gather_windows an
          WindowSource, on the same windows.
 gpu      train for tiny/small/medium (small also with every output layer and CUDA graphs, and a
          profile by kernel class), train.py's own loop against the bare step, runs side by side
-         on one card, the arXiv sweep's cost with every arm, then tests/test_gpu.py.
+         on one card, and the arXiv sweep's cost with every arm (tests/test_gpu.py: pytest).
 coverage the report's intervals against the truth, by simulation (simulation.coverage_table).
-estimate what an arXiv sweep would cost on this CPU (sweep.sh asks, without a GPU).
 
 Timings are wall clock on a machine other processes may share: candidates are interleaved, the
 best of repeats (or one long stretch of steps) is kept, and the load average is printed.
 """
-import contextlib
-import io
-import json as _json
+import json
 import math
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -41,17 +37,20 @@ from types import SimpleNamespace
 import numpy as np
 
 from configurator import UserError, config_defaults, configure, run_cli
-from harness.mixture import WindowSource
+from harness.benchkit import (Clock, card_worker, cpu_name, generated_dataset, nanogpt_get_batch, nanogpt_step_fn,
+                              prepare_stages, profile_steps, table, time_prepare, tokenizer_and_corpus,
+                              training_step)
+from harness.cost import sweep_cost
 from harness.data import BLOCK, WINDOW, gather_windows
-from harness.runs import CONFIG_DIR, train_defaults, write_json
+from harness.mixture import WindowSource
+from harness.runs import write_json
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
 what = "all"                # "prepare", "train", "data", "all" (these three); "gpu": every GPU
-                            # check and benchmark (tests/test_gpu.py, then train with a profile);
-                            # "coverage": the intervals' coverage by simulation; "estimate": what
-                            # a sweep would cost on this CPU
-json = ""                   # also append this run's results to a JSON file
+                            # benchmark (train with a profile, train.py's loop, runs per card);
+                            # "coverage": the intervals' coverage by simulation
+json_file = ""              # also append this run's results to a JSON file
 seed = 1337
 work_dir = ""               # scratch folder (default: a temporary folder, removed at the end)
 device = "auto"             # train benchmark: "auto", "cpu", "cuda"
@@ -87,12 +86,6 @@ n_boot = 1000               # bootstrap draws of the baseline method
 fits = False                # also the fitted laws' intervals (about 6 minutes on 2 cores)
 fit_sweeps = 400            # simulated sweeps per regime for the fits (Monte Carlo error ~0.011)
 n_rep = 300                 # refit replicates per source of chance, for the fits
-# estimate (sweep.sh asks for it before an arXiv sweep on a machine without a GPU)
-data_dir = "data/arxiv"     # its stats.json gives the budget (else ~50M tokens, the dataset card's)
-ks = [1, 2, 3, 4, 5]
-seeds = [1, 2, 3]
-controls = True
-cpu_flops = 5e10            # what 2-4 cores sustain on these models in float32, roughly
 # data
 data_tokens = 50_000_000    # random uint16 memmap (a temp file), about the real budget
 data_batch = 64             # windows per batch
@@ -100,143 +93,23 @@ data_iters = 500            # batches per timing round
 data_rounds = 5             # rounds (loaders interleaved); best and median round reported
 # -----------------------------------------------------------------------------
 
-def table(headers, rows):
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def cpu_name():
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
-                f"model {info.get('model', '?')})")
-    return platform.processor() or platform.machine()
 
 
-def timed(fn, *args):
-    """(result, wall seconds, CPU seconds of this process over all its threads)."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - t0, time.process_time() - c0
 
 
 # -----------------------------------------------------------------------------
 # prepare: bare tiktoken against prepare.py on the same >= 100 MB of text
 
-def build_corpus(src, dst, target_mb, seed):
-    """train/validation/test.parquet in the dataset's schema (text, ClassLabel label), the sample
-    replicated to target_mb of text; every copy after the first shuffles each document's sentences.
-    Returns (copies, all texts in split order)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    rng = np.random.default_rng(seed)
-    tables = {s: pq.read_table(os.path.join(src, f"{s}.parquet")) for s in ("train", "validation", "test")}
-    size = sum(len(t.encode()) for tb in tables.values() for t in tb.column("text").to_pylist())
-    copies = max(1, math.ceil(target_mb * 1e6 / size))
-    os.makedirs(dst, exist_ok=True)
-    texts = []
-    for split, tb in tables.items():
-        labels = tb.column("label").to_pylist()
-        sentences = [re.split(r"(?<=[.!?]) ", t) for t in tb.column("text").to_pylist()]
-        out = [" ".join(p if copy == 0 else [p[i] for i in rng.permutation(len(p))])
-               for copy in range(copies) for p in sentences]
-        pq.write_table(pa.table({"text": pa.array(out, pa.string()),
-                                 "label": pa.array(labels * copies, tb.schema.field("label").type)},
-                                schema=tb.schema),
-                       os.path.join(dst, f"{split}.parquet"), row_group_size=256)
-        texts += out
-    return copies, texts
 
 
-def reset_hf_cache(work):
-    import datasets
-    cache = os.path.join(work, "hf_cache")
-    shutil.rmtree(cache, ignore_errors=True)
-    datasets.config.HF_DATASETS_CACHE = cache
 
 
-def prepare_stages(corpus, work, enc):
-    """
-    prepare.tokenize_arxiv's work split the way it runs: load_dataset first (parquet -> Arrow
-    cache, serial), then the pool's work (encode_to_numpy + EOT + uint16 per document, timed
-    here on one thread) overlapping the main thread's (reading documents from the dataset,
-    writing their tokens). Each is timed alone, on prepare's own functions.
-    """
-    import prepare
-    reset_hf_cache(work)
-    (loaded, _), t_load, _ = timed(prepare.load_arxiv, SimpleNamespace(data_files=corpus))
-    names = prepare.label_names(loaded["train"])
-    docs, t_read, _ = timed(lambda: [
-        (prepare.to_category(label, names), text) for hf_split in prepare.HF_SPLITS.values()
-        for batch in loaded[hf_split].iter(batch_size=prepare.batch_docs)
-        for text, label in zip(batch["text"], batch["label"])])
-    encoded, t_encode, _ = timed(lambda: [prepare.encode_document(enc, text) for _, text in docs])
-
-    def write():
-        writers = {c: prepare.SplitWriter(os.path.join(work, "stages", c), "train") for c in names}
-        for (c, _), tokens in zip(docs, encoded):
-            writers[c].add(tokens)
-        for w in writers.values():
-            w.close()
-    _, t_write, _ = timed(write)
-    shutil.rmtree(os.path.join(work, "stages"))
-    return {"load": t_load, "read": t_read, "encode": t_encode, "write": t_write}
 
 
-def tokenizer_and_corpus(cfg, work):
-    """tiktoken's encoding and a >= corpus_mb corpus in the dataset's schema, from the real sample."""
-    import tiktoken
-    src = cfg.realtext or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "realtext")
-    if not os.path.exists(os.path.join(src, "train.parquet")):
-        raise UserError(f"no real sample in {src}; pass --realtext=<folder with train/validation/"
-                        f"test .parquet in the ccdv/arxiv-classification schema>")
-    try:
-        enc = tiktoken.get_encoding(cfg.tokenizer)
-    except Exception as e:
-        raise UserError(f"tiktoken encoding '{cfg.tokenizer}' unavailable ({e}); set "
-                        f"TIKTOKEN_CACHE_DIR to a cache holding it")
-    corpus = os.path.join(work, "corpus")
-    (copies, texts), t_build, _ = timed(build_corpus, src, corpus, cfg.corpus_mb, cfg.seed)
-    mb = sum(len(t.encode()) for t in texts) / 1e6
-    print(f"corpus: {len(texts):,} documents, {mb:.1f} MB of text ({copies} copies of {src}), "
-          f"built in {t_build:.1f}s")
-    return enc, corpus, texts, copies, mb
 
 
-def time_prepare(cfg, work, enc, corpus, texts, threads):
-    """
-    Interleaved, per repeat: the bare tokenizer at the most threads, prepare.py with a cold
-    datasets cache, the bare tokenizer at fewer threads (first repeat only), prepare.py warm.
-    Other processes only ever slow a run down, so the fastest of each is kept (the first cold
-    run also pays datasets' one-time imports). Returns ({key: [(wall, cpu)]}, tokens, out_dir).
-    """
-    import datasets
-    import prepare
-    datasets.disable_progress_bars()
-    n = threads[-1]
-    out_dir = os.path.join(work, "prepared")
-    argv = [f"--data_files={corpus}", f"--tokenizer={cfg.tokenizer}", f"--data_dir={out_dir}",
-            f"--num_proc={n}", "--force"]
-    runs = {**{f"bare{t}": [] for t in threads}, "cold": [], "warm": []}
-
-    def run(key):
-        if key == "cold":
-            reset_hf_cache(work)
-        fn = ((lambda: enc.encode_ordinary_batch(texts, num_threads=int(key[4:])))
-              if key.startswith("bare") else (lambda: prepare.main(argv)))
-        with contextlib.redirect_stdout(io.StringIO()):
-            result, wall, cpu = timed(fn)
-        runs[key].append((wall, cpu))
-        return result
-
-    for r in range(cfg.repeats):
-        n_tokens = sum(len(e) for e in run(f"bare{n}"))
-        run("cold")
-        for t in threads[:-1] if r == 0 else []:
-            run(f"bare{t}")
-        run("warm")
-    return runs, n_tokens, out_dir
 
 
 def print_prepare_table(runs, best, threads, n_tokens, mb, n_docs):
@@ -296,7 +169,7 @@ def bench_prepare(cfg, work):
     runs, n_tokens, out_dir = time_prepare(cfg, work, enc, corpus, texts, threads)
     best = {k: min(v) for k, v in runs.items()}
     with open(os.path.join(out_dir, "meta.json")) as f:
-        splits = [s for per in _json.load(f)["splits"].values() for s in per.values()]
+        splits = [s for per in json.load(f)["splits"].values() for s in per.values()]
     consistent = sum(s["tokens"] for s in splits) == n_tokens + sum(s["docs"] for s in splits)
     print_prepare_table(runs, best, threads, n_tokens, mb, len(texts))
     print(f"\nprepare.py wrote the bare tokens plus one EOT per document: "
@@ -318,155 +191,16 @@ def bench_prepare(cfg, work):
 # -----------------------------------------------------------------------------
 # train: tokens/s, MFU, and the data path's share of a step
 
-def size_config(name):
-    """A size as a run config: a config file's name (tiny, small, medium: config/<name>.py, read
-    by train.py's own configurator) or '<L>L-<d>d-<h>h[-v<vocab>]'. Returns (config, vocab)."""
-    from model import GPTConfig
-    gpt2_vocab = GPTConfig.vocab_size
-    path = os.path.join(CONFIG_DIR, f"{name}.py")
-    if os.path.isfile(path):
-        return train_defaults([path]), gpt2_vocab
-    m = re.fullmatch(r"(\d+)L-(\d+)d-(\d+)h(?:-v(\d+))?", name)
-    if not m:
-        raise UserError(f"size '{name}': use a config name (tiny, small, medium) or "
-                        f"'<L>L-<d>d-<h>h[-v<vocab>]' (e.g. 2L-64d-4h-v65)")
-    return (dict(train_defaults(), n_layer=int(m[1]), n_embd=int(m[2]), n_head=int(m[3])),
-            int(m[4] or gpt2_vocab))
 
 
-class Clock:
-    """Wall time of a stretch of work queued on the device: synchronised at both ends, so the
-    GPU's asynchronous queue is timed where it runs, with every step's overlap left intact."""
-
-    def __init__(self, device):
-        import torch
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def run(self, fn, n):
-        self.sync()
-        t0 = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        self.sync()
-        return time.perf_counter() - t0
 
 
-def nanogpt_step_fn(model, optimizer, path, batch, device, autocast, rng):
-    """
-    nanoGPT's training loop (train.py of karpathy/nanoGPT) on our model and batch: get_batch
-    reopens the token memmap, stacks x and y from per-window slices on the host, pins and copies
-    them; the next batch is fetched right after the forward pass, while the GPU works; mean
-    loss, backward, clip, AdamW (fused on CUDA). Returns a step function for Clock.run.
-    """
-    import torch
-
-    def get_batch():
-        data = np.memmap(path, dtype=np.uint16, mode="r")
-        ix = rng.integers(0, len(data) - WINDOW, size=batch)
-        x = torch.stack([torch.from_numpy(data[i:i + BLOCK].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + BLOCK].astype(np.int64)) for i in ix])
-        if device.type == "cuda":
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        return x, y
-
-    state = {"batch": get_batch()}
-
-    def step(_):
-        x, y = state["batch"]
-        with autocast:
-            loss = model(x, y).mean()
-        state["batch"] = get_batch()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
 
 
-def add_cce_output_layer():
-    """
-    cut-cross-entropy (pip install cut-cross-entropy; CUDA, bf16), the field library measured
-    against model.py's output layers, added to model.OUTPUT_LAYERS as "cce": its kernels as a
-    custom operator with its own backward (opaque to torch.compile, so no graph break), without
-    the library's per-step sync (its ignore_index path calls nonzero; here ignored rows get
-    target 0 and a zero gradient), gradient filtering off. On the H200 it was twice as slow as
-    the full logits and its gradients were off by up to 29% (bf16 accumulation): BENCHMARKS.md.
-    """
-    import torch
-    import model
-    if "cce" in model.OUTPUT_LAYERS:
-        return True
-    from cut_cross_entropy.cce_backward import cce_backward_kernel
-    from cut_cross_entropy.cce_lse_forward import cce_lse_forward_kernel
-    from cut_cross_entropy.indexed_dot import indexed_neg_dot_forward_kernel
-
-    @torch.library.custom_op("ergodic_k::cce_losses", mutates_args=())
-    def forward(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lse = cce_lse_forward_kernel(h, w)
-        return indexed_neg_dot_forward_kernel(h, w, targets, out_dtype=torch.float32) + lse, lse
-
-    @forward.register_fake
-    def _(h, w, targets):
-        return h.new_empty(h.shape[0], dtype=torch.float32), h.new_empty(h.shape[0], dtype=torch.float32)
-
-    @torch.library.custom_op("ergodic_k::cce_grads", mutates_args=())
-    def grads(grad: torch.Tensor, h: torch.Tensor, w: torch.Tensor, lse: torch.Tensor,
-              targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = w.detach().requires_grad_(True)        # the library returns dw only for such a w
-        grad_h, grad_w = cce_backward_kernel(grad.contiguous(), h, w, lse, None, None, None, targets=targets)
-        return grad_h, grad_w.to(w.dtype)
-
-    @grads.register_fake
-    def _(grad, h, w, lse, targets):
-        return torch.empty_like(h), torch.empty_like(w)
-
-    def setup_context(ctx, inputs, output):
-        h, w, targets = inputs
-        ctx.save_for_backward(h, w, targets, output[1])
-
-    def backward(ctx, grad_losses, _grad_lse):
-        h, w, targets, lse = ctx.saved_tensors
-        grad_h, grad_w = grads(grad_losses, h, w, lse, targets)
-        return grad_h, grad_w, None
-
-    forward.register_autograd(backward, setup_context=setup_context)
-
-    def cce(h, w, targets, ignore_index):
-        keep = targets != ignore_index
-        return forward(h.contiguous(), w, torch.where(keep, targets, 0))[0] * keep
-    model.OUTPUT_LAYERS["cce"] = cce
-    return True
 
 
-def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=None):
-    """Model, optimizer and train.py's loop body (train.train_step on WindowSource batches)
-    for a size, on random tokens. Returns a namespace with step(i) for Clock.run."""
-    import torch
-    import train
-    from model import autocast_for, resolve_dtype, resolve_loss_impl, resolve_switch
-    from model import GPT, GPTConfig
-    run_config, vocab = size_config(name)
-    dtype = resolve_dtype(cfg.dtype, device)
-    t = SimpleNamespace(run_config=run_config, vocab=vocab, autocast=autocast_for(device, dtype), losses=[],
-                        batch=batch, path=os.path.join(work, f"tokens_{name}_{os.getpid()}.bin"))
-    torch.manual_seed(cfg.seed)
-    t.raw = GPT(GPTConfig.from_run(run_config, vocab)).to(device)
-    t.raw.loss_impl = "cce" if loss_impl == "cce" and add_cce_output_layer() else resolve_loss_impl(loss_impl)
-    t.optimizer = t.raw.configure_optimizer(0.1, 1e-3, (0.9, 0.95), fused=resolve_switch("auto", device))
-    t.compiled = resolve_switch(cfg.compile, device)
-    t.model = (torch.compile(t.raw, mode=mode) if mode else torch.compile(t.raw)) if t.compiled else t.raw
-    t.rng = np.random.default_rng(cfg.seed)
-    tokens = t.rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
-    tokens.tofile(t.path)
-    t.source = WindowSource(tokens, device, on_device=device.type == "cuda")
-    t.full = np.full(batch, BLOCK)
-    t.plans = [t.rng.integers(0, n_tok - WINDOW, size=batch) for _ in range(64)]
 
-    def step(i):                              # train.py's loop body, without DDP and logging
-        x, y = t.source.batch(t.plans[i % len(t.plans)], t.full)
-        t.losses.append(train.train_step(t.model, t.optimizer, x, y, t.autocast, 1.0 / (batch * BLOCK), 1.0))
-    t.step = step
-    return t
+
 
 
 def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_impl="auto", mode=None,
@@ -500,47 +234,10 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_im
             "peak_mem_gb": peak_mem, "profile": kernels}
 
 
-KERNEL_CLASSES = [   # (class, substrings of kernel names), first match wins; by device self time
-    ("output layer: cut-cross-entropy", ("_cce_", "indexed_neg_dot")),
-    ("matrix products (cuBLAS/CUTLASS)", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "_mm_")),
-    ("attention (flash)", ("flash", "fmha", "attention")),
-    ("AdamW and grad clipping", ("adam", "multi_tensor", "foreach", "norm_kernel")),
-    ("fused elementwise/reductions (Triton, incl. the full output layer's cross entropy)", ("triton_",)),
-    ("copies and fills", ("copy", "fill", "memcpy", "memset", "elementwise_kernel", "index")),
-]
 
 
-def kernel_classes(averages, n_steps):
-    """Device time per step by kernel class (KERNEL_CLASSES), from profiler key averages."""
-    totals = {}
-    for event in averages:
-        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
-        if not us or event.device_type.name != "CUDA":
-            continue
-        name = event.key.lower()
-        label = next((c for c, keys in KERNEL_CLASSES if any(k in name for k in keys)), "other")
-        totals[label] = totals.get(label, 0.0) + us / 1e3 / n_steps
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
-def profile_steps(step, device, n=5):
-    """The operators of a few steps by their own device time: where an optimisation would pay."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    cuda = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        for i in range(n):
-            step(i)
-        if cuda:
-            torch.cuda.synchronize()
-    averages = prof.key_averages()
-    classes = kernel_classes(averages, n) if cuda else {}
-    for key in (["self_device_time_total", "self_cuda_time_total"] if cuda else ["self_cpu_time_total"]):
-        try:
-            return averages.table(sort_by=key, row_limit=25, max_name_column_width=70), classes
-        except Exception:                 # the key's name changed across torch versions
-            continue
-    return averages.table(row_limit=25), classes
 
 
 def bench_train(cfg, work):
@@ -579,7 +276,8 @@ def bench_train(cfg, work):
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
         if extra:
-            results[-1]["size"] += f", {results[-1]['loss_impl']} output layer" + (f", mode {mode}" if mode else "")
+            label = f", {results[-1]['loss_impl']} output layer" + (f", mode {mode}" if mode else "")
+            results[-1]["size"] += label
             results[-1]["profile"] = None
     from model import resolve_dtype, resolve_switch
     mode = (f"{'CUDA' if is_cuda else f'CPU ({torch.get_num_threads()} threads)'}, "
@@ -631,45 +329,8 @@ def bench_coverage(cfg, work):
     return result
 
 
-def bench_estimate(cfg):
-    """The arXiv sweep's cost on this CPU, from the FLOPs of each size's runs (sweep.sh's grid)."""
-    from model import GPT, GPTConfig
-    from harness.runs import read_json
-    stats = os.path.join(cfg.data_dir, "stats.json")
-    budget = read_json(stats)["default_budget"] if os.path.exists(stats) else 50_000_000
-    n_runs = len(cfg.ks) * len(cfg.seeds) + bool(cfg.controls) * sum(k >= 2 for k in cfg.ks) * len(cfg.seeds)
-    flops = 0.0
-    for size in cfg.sizes or ["small"]:
-        run_config, vocab = size_config(size)
-        model = GPT(GPTConfig.from_run(run_config, vocab))
-        flops += model.flops_per_token() * budget * run_config["epochs"] * n_runs
-    total_runs = n_runs * len(cfg.sizes or ["small"])
-    print(f"no GPU visible: the arXiv sweep ({total_runs} runs, {budget:,} tokens x "
-          f"{run_config['epochs']} epochs each) would take about {flops / cfg.cpu_flops / 86400:.0f} days on "
-          f"this CPU.\nRun `bash sweep.sh synthetic` for the CPU-sized experiment, or FORCE_CPU=1 bash "
-          f"sweep.sh to insist.")
 
 
-def generated_dataset(path, tokens_per_component, seed):
-    """Two components of random GPT-2 tokens in documents of 20,000 (about an arXiv paper's
-    length, so windows pad as much as on arXiv): train.py's real path without a tokenizer."""
-    import prepare
-    vocab, eot = 50257, 50256
-    rng = np.random.default_rng(seed)
-
-    def build(work):
-        splits = {}
-        for name in ("gen0", "gen1"):
-            splits[name] = {}
-            for split, n in zip(("train", "val", "test"), (tokens_per_component, 200_000, 200_000)):
-                writer = prepare.SplitWriter(os.path.join(work, name), split)
-                for _ in range(max(1, n // 20_000)):
-                    writer.add(np.append(rng.integers(0, eot, size=19_999), eot))
-                splits[name][split] = writer.close()
-        return {"tokenizer": "generated", "vocab_size": vocab, "eot": eot, "components": ["gen0", "gen1"],
-                "splits": splits, "origin": {"generated": "bench.py generated_dataset"}}
-    prepare.build_dataset(path, build, "generated", seed)
-    return path
 
 
 def bench_loop(cfg, work):
@@ -698,7 +359,8 @@ def bench_loop(cfg, work):
     steady = records[2:] or records           # past compilation and the first interval
     tok_per_s = float(np.median([r["tok_per_s"] for r in steady]))
     # every interval after the first (which holds the compilation), validation and checkpoints included
-    tok_per_s_all = (records[-1]["tokens"] - records[0]["tokens"]) / (records[-1]["elapsed"] - records[0]["elapsed"])
+    first, last = records[0], records[-1]
+    tok_per_s_all = (last["tokens"] - first["tokens"]) / (last["elapsed"] - first["elapsed"])
     loop_s = records[-1]["tokens"] / tok_per_s_all   # the loop's time at that rate, compilation apart
     result = {"tok_per_s_median": tok_per_s, "tok_per_s_all": tok_per_s_all, "loop_s": loop_s,
               "process_s": wall, "fixed_s": wall - loop_s, "steps": records[-1]["step"],
@@ -721,26 +383,6 @@ def bench_loop(cfg, work):
     return result
 
 
-def card_worker(name, cfg, conn):
-    """One run of a size on the shared card: compiled and warmed up, then on each message steps
-    for that many seconds and answers (steps, seconds)."""
-    import torch
-    from model import resolve_device
-    device = resolve_device(cfg.device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    t = training_step(name, cfg, device, 20_000_000, cfg.batch_size or 128, cfg.work_dir)
-    clock = Clock(device)
-    clock.run(t.step, 10)
-    cuda = device.type == "cuda"
-    conn.send(("ready", torch.cuda.max_memory_allocated(device) / 1e9 if cuda else 0.0))
-    while (seconds := conn.recv()) is not None:
-        clock.sync()
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            t.step(n)
-            n += 1
-        clock.sync()
-        conn.send((n, time.perf_counter() - t0))
 
 
 def bench_card(cfg, work):
@@ -773,26 +415,14 @@ def bench_card(cfg, work):
     single = {r["size"]: r["tokens_per_s"] for r in results if r["runs"] == 1}
     print(f"\n### runs side by side on one card ({cfg.card_seconds:.0f} s each, train.train_step at batch 128)\n")
     print(table(["size", "runs", "aggregate tokens/s", "vs one run", "peak GB per run"],
-                [[r["size"], r["runs"], f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s'] / single[r['size']]:.2f}x",
+                [[r["size"], r["runs"], f"{r['tokens_per_s']:,.0f}",
+                  f"{r['tokens_per_s'] / single[r['size']]:.2f}x",
                   f"{r['peak_gb_per_run']:.1f}"] for r in results]))
     return results
 
 
-SWEEP_ARMS = {   # arm: (runs per seed over K = 2..5 (K = 1: the mixture only), steps as a share of a mixture's)
-    "mixture": lambda ks: [(k, 1.0) for k in ks],
-    "steps-matched control": lambda ks: [(k, 1.0) for k in ks if k >= 2],
-    "exposure-matched control": lambda ks: [(k, 1.0 / k) for k in ks if k >= 2],
-    "tagged mixture": lambda ks: [(k, 1.0) for k in ks if k >= 2],
-}
 
 
-def sweep_cost(tokens_per_run, tok_per_s_per_slot, slots, fixed_s, eval_s, ks=(1, 2, 3, 4, 5), seeds=3):
-    """Wall hours of the arXiv sweep with every arm: runs (each a share of a mixture's steps)
-    spread over `slots` runs at once, each slot at tok_per_s_per_slot, plus every run's fixed
-    start/compile time and evaluation. Returns (runs, mixture-equivalents, hours)."""
-    shares = [share for arm in SWEEP_ARMS.values() for _, share in arm(list(ks))] * seeds
-    train_s = sum(shares) * tokens_per_run / tok_per_s_per_slot
-    return len(shares), sum(shares), (train_s + len(shares) * (fixed_s + eval_s)) / slots / 3600
 
 
 def bench_gpu(cfg, work):
@@ -800,11 +430,9 @@ def bench_gpu(cfg, work):
     Every GPU measurement in one command, each part kept when a later one fails: the train
     benchmark (tiny, small, medium against nanoGPT's loop; small with every output layer and
     with CUDA graphs; a profile by kernel class), train.py's own loop, runs side by side on one
-    card, what the arXiv sweep with every arm costs from those numbers, then tests/test_gpu.py.
+    card, and what the arXiv sweep with every arm costs from those numbers. The GPU's acceptance
+    tests are pytest's: `python -m pytest -q tests/test_gpu.py`.
     """
-    import subprocess
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
     cfg.profile = cfg.profile or "small"
     cfg.loss_impls = list(cfg.loss_impls) or ["chunked", "cce"]      # beside "full", train.py's
     cfg.compile_modes = list(cfg.compile_modes) or ["reduce-overhead"]    # CUDA graphs
@@ -817,22 +445,10 @@ def bench_gpu(cfg, work):
             result[f"{part}_error"] = f"{type(e).__name__}: {e}"
             print(f"\n{part} benchmark failed: {result[f'{part}_error']}")
         print(f"({part}: {time.time() - t0:.0f}s)")
-        if cfg.json:
-            save_record(cfg.json + ".partial", result, first=True)
+        if cfg.json_file:
+            save_record(cfg.json_file + ".partial", result, first=True)
     if "loop" in result and "card" in result:
         result["sweep"] = print_sweep_cost(result["loop"], result["card"])
-    numbers = os.path.join(work, "gpu_test_report.json")
-    t0 = time.time()
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "tests/test_gpu.py"], cwd=here,
-                           env=dict(os.environ, GPU_TEST_REPORT=numbers), capture_output=True, text=True)
-    print(f"\n### tests/test_gpu.py ({time.time() - t0:.0f}s, exit {tests.returncode})\n\n```\n"
-          f"{tests.stdout[-6000:]}\n{tests.stderr[-2000:]}\n```")
-    result["tests"] = {"returncode": tests.returncode, "seconds": time.time() - t0,
-                       "summary": (tests.stdout.strip().splitlines() or [""])[-1]}
-    if os.path.exists(numbers):
-        with open(numbers) as f:
-            result["tests"]["numbers"] = _json.load(f)
-        print(f"\nnumbers from the test run: {_json.dumps(result['tests']['numbers'])}")
     return result
 
 
@@ -876,10 +492,7 @@ def bench_data(cfg, work):
         return batch[:, :-1], batch[:, 1:]
 
     def nanogpt_as_written(ix):             # nanoGPT's get_batch: memmap reopened, two stacks
-        data = np.memmap(path, dtype=np.uint16, mode="r")
-        x = torch.stack([torch.from_numpy(data[i:i + BLOCK].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + BLOCK].astype(np.int64)) for i in ix])
-        return x, y
+        return nanogpt_get_batch(path, ix, cpu)
 
     loaders = {
         "nanoGPT-style: per-window memmap slices + torch.stack (baseline)": nanogpt,
@@ -922,11 +535,9 @@ def bench_data(cfg, work):
 
 def main(argv):
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
-    if cfg.what == "estimate":
-        return bench_estimate(cfg)
     whats = ["prepare", "train", "data"] if cfg.what == "all" else [cfg.what]
     if any(w not in ("prepare", "train", "data", "gpu", "coverage") for w in whats):
-        raise UserError(f"what='{cfg.what}': use prepare, train, data, all, gpu, coverage or estimate")
+        raise UserError(f"what='{cfg.what}': use prepare, train, data, all, gpu or coverage")
     shared_tiktoken = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken")
     if os.path.isdir(shared_tiktoken):      # offline tokenizer files, unless the user set a cache
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", shared_tiktoken)
@@ -952,13 +563,14 @@ def main(argv):
             record["loadavg"][w] = os.getloadavg()[0]
             print(f"\n({w}: {time.time() - t0:.0f}s; 1-minute load average {record['loadavg'][w]:.2f} "
                   f"on {record['cores']} cores)")
-            save_record(cfg.json, record, first=w == whats[0])   # each part kept as it finishes
+            save_record(cfg.json_file, record, first=w == whats[0])   # each part kept as it finishes
     finally:
         if not cfg.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     record["seconds"] = time.time() - t_start
-    save_record(cfg.json, record, first=False)
-    print(f"\ntotal {record['seconds']:.0f}s" + (f"; results appended to {cfg.json}" if cfg.json else ""))
+    save_record(cfg.json_file, record, first=False)
+    saved = f"; results appended to {cfg.json_file}" if cfg.json_file else ""
+    print(f"\ntotal {record['seconds']:.0f}s{saved}")
 
 
 def save_record(path, record, first):
@@ -968,7 +580,7 @@ def save_record(path, record, first):
     runs = []
     if os.path.exists(path):
         with open(path) as f:
-            runs = _json.load(f)
+            runs = json.load(f)
         runs = runs if isinstance(runs, list) else [runs]
         if not first and runs:
             runs = runs[:-1]

@@ -26,7 +26,8 @@ from harness import analysis, experiments, report
 from configurator import UserError, config_defaults, configure, run_cli
 from harness.data import BLOCK, range_label
 from harness.runs import atomic_write_bytes, write_json
-from harness.stats import SCOPES, power_law
+from harness.stats import SCOPES
+from harness.laws import power_law
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with a config file or --key=value)
@@ -57,7 +58,7 @@ def k_colours(ks):
     return {k: plt.cm.viridis(x) for k, x in zip(ks, np.linspace(0, 0.85, max(len(ks), 1)))}
 
 
-def finish(fig, axes, scopes=(), log_grid=False):
+def style_axes(fig, axes, scopes=(), log_grid=False):
     """Grid and legend on every axis, and a line under the figure for every kind of partial interval."""
     for ax in axes:
         ax.grid(alpha=0.3, which="both" if log_grid else "major")
@@ -130,7 +131,7 @@ def figure_xe_vs_k(a, results_dir):
         title = analysis.VIEWS[view.name] + (f" ({a.first})" if view.name == "first" else "")
         ax.set(title=title, xlabel="K (components in training mix)", xticks=ks)
     axes[0][0].set_ylabel(f"XE, {range_label('xe_mean')} (nats)")
-    finish(fig, axes[0], scopes)
+    style_axes(fig, axes[0], scopes)
     return save_figure(fig, results_dir, "fig_xe_vs_k")
 
 
@@ -158,7 +159,7 @@ def figure_positions(a, results_dir):
     ax_excess.axhline(0, color="grey", lw=0.8)
     ax_excess.set(xscale="log", xlabel="position t", ylabel=f"XE_K(t) - XE_{a.reference_k}(t) (nats)",
                   title=f"paired excess over K={a.reference_k} (95% CI)")
-    finish(fig, (ax, ax_excess), scopes, log_grid=True)
+    style_axes(fig, (ax, ax_excess), scopes, log_grid=True)
     return save_figure(fig, results_dir, "fig_xe_position")
 
 
@@ -187,7 +188,7 @@ def figure_decomposition(a, results_dir):
             ax.axhline(0, color="grey", lw=0.8)
             ax.set(xticks=x, xticklabels=[f"K={p.k}" for p in entries], title=report.METRIC_LABELS[metric])
         row[0].set_ylabel(ylabel)
-    finish(fig, axes.ravel(), scopes)
+    style_axes(fig, axes.ravel(), scopes)
     return save_figure(fig, results_dir, "fig_decomposition")
 
 
@@ -208,7 +209,7 @@ def figure_excess_area(a, results_dir):
     ref = a.reference_k
     ax.set(xlabel=f"ln K  (relative to K={ref})", title=f"{a.first}: excess area over K={ref}",
            ylabel=f"excess area sum_t [XE_K(t) - XE_{ref}(t)] (nats)")
-    finish(fig, [ax], scopes)
+    style_axes(fig, [ax], scopes)
     return save_figure(fig, results_dir, "fig_excess_area")
 
 
@@ -228,10 +229,11 @@ def figure_late_power_law(a, results_dir):
         ax_excess.plot(grid, power_law(grid, 0, c, beta) - power_law(ks[0], 0, c, beta), "C1-", label="fit")
     late = [c.difference for c in a.contrasts if c.metric == "xe_late"]
     scopes |= errorbar(ax_excess, ks[1:], late, label="paired excess (95% CI)")
-    ax.set(xlabel="K", ylabel=f"XE, {range_label('xe_late')} (nats)", xticks=ks, title=f"{a.first}: late positions")
+    ax.set(xlabel="K", ylabel=f"XE, {range_label('xe_late')} (nats)", xticks=ks,
+           title=f"{a.first}: late positions")
     ax_excess.axhline(0, color="grey", lw=0.8)
     ax_excess.set(xlabel="K", ylabel=f"late XE_K - late XE_{ks[0]} (nats)", xticks=ks, title="late excess")
-    finish(fig, (ax, ax_excess), scopes)
+    style_axes(fig, (ax, ax_excess), scopes)
     return save_figure(fig, results_dir, "fig_late_power_law")
 
 
@@ -245,7 +247,7 @@ def figure_model_size(rows, results_dir):
                            color=colours[k], label=f"K={k}")
     ax.set(xscale="log", xlabel="parameters", ylabel="XE, mean over t (nats)",
            title="first component vs model size")
-    finish(fig, [ax], scopes, log_grid=True)
+    style_axes(fig, [ax], scopes, log_grid=True)
     return save_figure(fig, results_dir, "fig_model_size")
 
 
@@ -263,7 +265,7 @@ def figure_dataset(dataset_stats, results_dir):
     order = dataset_stats.get("default_order", [])
     ax.set_xticklabels([f"{c}\n(#{order.index(c) + 1})" if c in order else c for c in categories], fontsize=8)
     ax.set(yscale="log", ylabel="tokens", title="dataset composition (#n: position in default order)")
-    finish(fig, [ax])
+    style_axes(fig, [ax])
     return save_figure(fig, results_dir, "fig_dataset")
 
 
@@ -280,7 +282,7 @@ def figure_training(runs, results_dir):
                     color=colours[r.k], alpha=0.7, label=label)
     ax_train.set(xlabel="training tokens", ylabel="train loss (nats)", title="training loss, each run")
     ax_val.set(xlabel="training tokens", ylabel="val loss (nats)", title="validation loss, mixture val split")
-    finish(fig, (ax_train, ax_val))
+    style_axes(fig, (ax_train, ax_val))
     return save_figure(fig, results_dir, "fig_training")
 
 

@@ -335,7 +335,7 @@ def write_synthetic(cfg, out):
 # -----------------------------------------------------------------------------
 # analysis: the table users read first, and the default component order
 
-def analyse(splits):
+def dataset_composition(splits):
     rows = []
     for comp, per_split in splits.items():
         for split in SPLITS:
@@ -377,7 +377,7 @@ def build_dataset(final, build, source, seed):
     fcntl.flock(building, fcntl.LOCK_EX)
     try:
         built = build(work)
-        stats = analyse(built["splits"])
+        stats = dataset_composition(built["splits"])
         write_json(os.path.join(work, "stats.json"), stats)
         meta = {"dataset": os.path.basename(final), "source": source,
                 "tokenizer": built["tokenizer"], "vocab_size": built["vocab_size"],

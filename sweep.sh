@@ -90,7 +90,7 @@ say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, controls $([[ $CON
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=${N_GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)}
 if [[ $MODE == arxiv && $N_GPUS -eq 0 && $FORCE_CPU != 1 ]]; then
-  $PYTHON bench.py --what=estimate --data_dir="$DATA" --sizes="${SIZES// /,}" --ks="${KS// /,}" \
+  $PYTHON -m harness.cost --data_dir="$DATA" --sizes="${SIZES// /,}" --ks="${KS// /,}" \
     --seeds="${SEEDS// /,}" --controls="$CONTROLS"
   exit 1
 fi

@@ -356,7 +356,8 @@ def write_run_config(job, runtime, dataset, model, mixture, plan, step):
 
 def save_checkpoint(job, model, state):
     device = job.place.device
-    ckpt = {"identity": job.cfg.identity, "model": model.raw.state_dict(), "optimizer": model.optimizer.state_dict(),
+    ckpt = {"identity": job.cfg.identity, "model": model.raw.state_dict(),
+            "optimizer": model.optimizer.state_dict(),
             "step": state.step, "tokens_seen": state.tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
     with atomic_path(job.paths.ckpt) as tmp:
@@ -515,8 +516,8 @@ def train_loop(job, model, state, batches, val_windows, log):
             if logging_now or checkpoint_now:
                 value = checked_loss(job, model, state, loss, lr, check_weights=checkpoint_now)
             if logging_now:
-                logs.write(*progress(job, model, state, meter, (clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)),
-                                     epoch, value, lr))
+                times = clock.ms(t_begin, t_end), clock.ms(t_begin, t_data)
+                logs.write(*progress(job, model, state, meter, times, epoch, value, lr))
             if state.step % cfg.eval_interval == 0 or last:
                 logs.write(*validate(job, model, state, val_windows))
             if checkpoint_now and job.place.rank == 0:

@@ -1,7 +1,8 @@
 """
 What plot.py draws and report.py writes, computed without drawing: one experiment's runs
-(experiments.py loads and groups them) make a cell per K on each evaluation view. stats.py gives every interval, test and fitted law (its docstring says
-how); this module picks the data for them and returns the results as small dataclasses.
+(experiments.py loads and groups them) make a cell per K on each evaluation view. stats.py gives
+every interval and test, laws.py every fitted law (their docstrings say how); this module picks
+the data for them and returns the results as small dataclasses.
 """
 import math
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ import numpy as np
 from configurator import UserError
 from harness.data import BLOCK, POSITION_RANGES, positions
 from harness.experiments import REFERENCES, BudgetCheck, Experiment, budget_check, differences
+from harness.laws import (curve_replicates, fit_linear_in_log_k, fit_position_curve, fit_power_law,
+                          run_level_replicates)
 from harness.stats import (DocumentMeans, crossed_mean, crossed_variance, difference_interval, document_means,
-                   fit_linear_in_log_k, fit_position_curve, fit_power_law, holm, interval_component,
-                   mean_interval, curve_replicates, run_level_replicates, t_interval, trend_test)
+                           holm, interval_component, mean_interval, t_interval, trend_test)
 
 METRICS = tuple(POSITION_RANGES)     # every table, figure and sentence iterates these
 LATE = METRICS.index("xe_late")       # the late range: the late-position law and the areas
@@ -73,7 +75,7 @@ class View:
     name: str
     cells: dict                     # K -> Cell
     trend: dict = None              # stats.trend_test over run-level XE
-    lnk_fit: dict = None            # stats.fit_linear_in_log_k
+    lnk_fit: dict = None            # laws.fit_linear_in_log_k
 
 
 @dataclass

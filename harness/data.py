@@ -104,6 +104,10 @@ class Dataset:
             self.vocab_size = self.meta["vocab_size"]
             self.components = list(self.meta["components"])
             self.default_order = list(self.meta["default_order"])
+            if self.meta.get("dtype", "uint16") != "uint16":        # the token files' one format
+                raise UserError(f"{meta_path} says its tokens are {self.meta['dtype']}; this harness "
+                                f"reads uint16 (vocabularies up to 65,536): rebuild it with "
+                                f"`{prepare_command(data_dir)} --force`")
             self.check_files()
         except (KeyError, TypeError) as e:
             raise UserError(f"{meta_path} is not a dataset's meta.json (no {e}); rebuild the "

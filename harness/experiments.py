@@ -371,8 +371,10 @@ def results_rows(runs):
                 if block:
                     prefix = f"{kind}_" if kind else ""
                     xe_t = np.asarray(block["xe_t"], dtype=float)
-                    row.update({f"{prefix}xe_mean": block["xe_mean"], f"{prefix}xe_mean_bits": block["xe_mean_bits"]})
-                    row.update({f"{prefix}{m}": xe_t[positions(m)].mean() for m in POSITION_RANGES if m != "xe_mean"})
+                    row.update({f"{prefix}xe_mean": block["xe_mean"],
+                                f"{prefix}xe_mean_bits": block["xe_mean_bits"]})
+                    row.update({f"{prefix}{m}": xe_t[positions(m)].mean()
+                                for m in POSITION_RANGES if m != "xe_mean"})
             rows.append(row)
     return rows
 

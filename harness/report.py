@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from harness.analysis import VIEWS, Interval
 from harness.data import POSITION_RANGES, range_label
-from harness.stats import POSITION_C_BOUNDS, SCOPES, law_explanation, position_law, power_law
+from harness.stats import SCOPES
+from harness.laws import POSITION_C_BOUNDS, law_explanation, position_law, power_law
 
 METRIC_LABELS = {m: range_label(m) for m in POSITION_RANGES}
 # what an interval covers (stats.interval_scope), shown the same way in every table and figure

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -255,6 +256,29 @@ def train_defaults(config_files=()):
     return configure(script_defaults(script), list(config_files))
 
 
+def size_config(name):
+    """A size as a run config: a config file's name (tiny, small, medium: config/<name>.py, read
+    by train.py's own configurator) or '<L>L-<d>d-<h>h[-v<vocab>]'. Returns (config, vocab)."""
+    gpt2_vocab = 50257                 # model.GPTConfig's default: GPT-2's vocabulary
+    path = os.path.join(CONFIG_DIR, f"{name}.py")
+    if os.path.isfile(path):
+        return train_defaults([path]), gpt2_vocab
+    m = re.fullmatch(r"(\d+)L-(\d+)d-(\d+)h(?:-v(\d+))?", name)
+    if not m:
+        raise UserError(f"size '{name}': use a config name (tiny, small, medium) or "
+                        f"'<L>L-<d>d-<h>h[-v<vocab>]' (e.g. 2L-64d-4h-v65)")
+    return (dict(train_defaults(), n_layer=int(m[1]), n_embd=int(m[2]), n_head=int(m[3])),
+            int(m[4] or gpt2_vocab))
+
+
+def size_dims(name):
+    """(n_layer, n_head, n_embd) of a named size: config/<name>.py over train.py's defaults (which
+    are size "small"), both read as literals, without running either."""
+    values = {**script_defaults(os.path.join(ROOT, "train.py")),
+              **script_defaults(os.path.join(CONFIG_DIR, f"{name}.py"))}
+    return tuple(values.get(k) for k in ("n_layer", "n_head", "n_embd"))
+
+
 def size_label(config):
     """
     A run's size in names and tables: the size config's name (config/<size>.py names itself)
@@ -262,13 +286,9 @@ def size_label(config):
     size the run does not have (config/tiny.py --n_embd=512 is "4L-512d-4h", not "tiny").
     """
     dims = (config["n_layer"], config["n_head"], config["n_embd"])
-    path = os.path.join(CONFIG_DIR, f"{config.get('size') or '-'}.py")
-    if os.path.isfile(path):
-        declared = {}
-        with open(path) as f:
-            exec(f.read(), {}, declared)               # config files are code, as in nanoGPT
-        if tuple(declared.get(k) for k in ("n_layer", "n_head", "n_embd")) == dims:
-            return config["size"]
+    name = config.get("size") or ""
+    if name and os.path.isfile(os.path.join(CONFIG_DIR, f"{name}.py")) and size_dims(name) == dims:
+        return name
     return f"{dims[0]}L-{dims[2]}d-{dims[1]}h"
 
 

@@ -14,9 +14,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from harness.data import BLOCK
-from harness.stats import (LEVEL, crossed_variance, curve_replicates, document_means, fit_linear_in_log_k,
-                           fit_position_curve, fit_power_law, mean_interval, position_law, run_level_replicates,
-                           satterthwaite, t_interval)
+from harness.stats import LEVEL, crossed_variance, document_means, mean_interval, satterthwaite, t_interval
+from harness.laws import (curve_replicates, fit_linear_in_log_k, fit_position_curve, fit_power_law, position_law,
+                          run_level_replicates)
 
 
 # -----------------------------------------------------------------------------

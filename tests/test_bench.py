@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 import bench
+from harness import benchkit, cost
 from configurator import config_defaults, configure
 
 
@@ -16,11 +17,11 @@ def bench_config(*argv):
 def test_sweep_cost_counts_every_arm_and_its_share_of_steps():
     # per seed: 5 mixtures, 4 steps-matched controls, 4 tagged mixtures (each a mixture's steps) and
     # 4 exposure-matched controls (1/K of the steps): 17 runs, 13 + 1/2 + 1/3 + 1/4 + 1/5 mixtures
-    runs, equivalents, hours = bench.sweep_cost(1e6, 1e3, slots=1, fixed_s=10, eval_s=5)
+    runs, equivalents, hours = cost.sweep_cost(1e6, 1e3, slots=1, fixed_s=10, eval_s=5)
     assert runs == 51 and equivalents == pytest.approx(3 * (13 + 1 / 2 + 1 / 3 + 1 / 4 + 1 / 5))
     assert hours == pytest.approx((equivalents * 1e6 / 1e3 + 51 * 15) / 3600)
     # two slots at half the rate each: the same training time, the fixed costs overlapped
-    _, _, two = bench.sweep_cost(1e6, 5e2, slots=2, fixed_s=10, eval_s=5)
+    _, _, two = cost.sweep_cost(1e6, 5e2, slots=2, fixed_s=10, eval_s=5)
     assert two == pytest.approx((equivalents * 1e6 / 1e3 + 51 * 15 / 2) / 3600)
 
 
@@ -30,7 +31,7 @@ def test_kernel_classes_sum_device_time_per_step():
     averages = [event("nvjet_tst_128x256_gemm", 3000), event("triton_red_fused_logsumexp_0", 2000),
                 event("fused_adam_kernel", 500), event("aten::mm", 9999, device="CPU"),
                 event("flash_fwd_kernel", 1000), event("something_else", 500)]
-    classes = bench.kernel_classes(averages, n_steps=5)
+    classes = benchkit.kernel_classes(averages, n_steps=5)
     assert classes["matrix products (cuBLAS/CUTLASS)"] == pytest.approx(0.6)
     assert classes["attention (flash)"] == pytest.approx(0.2) and classes["other"] == pytest.approx(0.1)
     assert sum(classes.values()) == pytest.approx(7.0 / 5)           # CPU rows left out

@@ -76,7 +76,8 @@ def test_an_evaluation_of_another_run_or_damaged_is_redone(trained_run, capsys):
     json.dump(summary, open(path, "w"))
     evaluate.main([trained_run, *EVAL])
     assert "already evaluated" not in capsys.readouterr().out
-    assert json.load(open(path))["identity"] == json.load(open(os.path.join(trained_run, "config.json")))["identity"]
+    config = json.load(open(os.path.join(trained_run, "config.json")))
+    assert json.load(open(path))["identity"] == config["identity"]
     for damaged, name in ((b"{", "eval.json"), (b"PK\x03", "eval.npz")):   # cut short mid-write
         with open(os.path.join(trained_run, name), "wb") as f:
             f.write(damaged)

@@ -169,7 +169,8 @@ def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_
     first = mix_config["config"]["components"][0]
     assert ctrl_config["trained_on"]["tokens"] == {first: mix_config["trained_on"]["tokens"][first]}
     assert ctrl_config["schedule"]["epochs"] == 3 * mix_config["schedule"]["epochs"]
-    assert abs(ctrl_config["schedule"]["steps"] - mix_config["schedule"]["steps"]) <= ctrl_config["schedule"]["epochs"]
+    ctrl_plan, mix_plan = ctrl_config["schedule"], mix_config["schedule"]
+    assert abs(ctrl_plan["steps"] - mix_plan["steps"]) <= ctrl_plan["epochs"]
     # token for token: each run's buffer rebuilt from its own saved config, as train.py builds it
     ds = Dataset(tiny_synthetic)
     def trained_on(config):
@@ -177,7 +178,8 @@ def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_
         names, quotas, _, _ = training_share(ds, cfg)
         return Mixture(ds, names, quotas, seed=cfg.seed)
     whole, share = trained_on(mix_config), trained_on(ctrl_config)
-    docs = [whole.tokens[s:e].tolist() for s, e, c in zip(whole.doc_start, whole.doc_end, whole.doc_comp) if c == 0]
+    docs = [whole.tokens[s:e].tolist()
+            for s, e, c in zip(whole.doc_start, whole.doc_end, whole.doc_comp) if c == 0]
     assert docs == [share.tokens[s:e].tolist() for s, e in zip(share.doc_start, share.doc_end)]
     assert "ctrl" in os.path.basename(ctrl) and "ctrl" not in os.path.basename(mix)
 

@@ -17,7 +17,7 @@ from harness import analysis, experiments
 import evaluate
 import plot
 from harness import report
-from harness import stats
+from harness import laws, stats
 import train
 from harness.analysis import Interval
 from configurator import UserError
@@ -272,7 +272,7 @@ def test_figure_markers_say_what_each_interval_covers():
 
 def test_power_law_line_says_when_beta_reaches_zero():
     k = np.repeat(np.arange(1, 6), 3).astype(float)
-    fit = stats.fit_power_law(k, 3.0 + 0.2 * np.log(k) + np.random.default_rng(4).normal(0, 0.002, len(k)))
+    fit = laws.fit_power_law(k, 3.0 + 0.2 * np.log(k) + np.random.default_rng(4).normal(0, 0.002, len(k)))
     assert "logarithmic in K" in report.power_law_line(fit)
     assert "needs at least 3 values of K" in report.power_law_line(None)
 
@@ -280,12 +280,12 @@ def test_power_law_line_says_when_beta_reaches_zero():
 def test_position_fit_lines():
     rng = np.random.default_rng(5)
     noise = np.full(BLOCK, 0.01)
-    power = stats.fit_position_curve(1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.005, BLOCK), noise / 2)
+    power = laws.fit_position_curve(1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.005, BLOCK), noise / 2)
     assert "; asymptote a = x1 - d/c = " in report.fmt_position_fit(power)
-    logarithmic = stats.fit_position_curve(3.0 - 0.25 * np.log(T) + rng.normal(0, 0.01, BLOCK), noise)
+    logarithmic = laws.fit_position_curve(3.0 - 0.25 * np.log(T) + rng.normal(0, 0.01, BLOCK), noise)
     line = report.fmt_position_fit(logarithmic)
     assert "logarithmic within t = 1..100" in line and "no finite asymptote" in line
-    flat = stats.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
+    flat = laws.fit_position_curve(2.4 + rng.normal(0, 0.02, BLOCK), np.full(BLOCK, 0.02))
     assert "flat within the noise" in report.fmt_position_fit(flat)
 
 
@@ -339,8 +339,8 @@ def test_a_fourth_position_range_is_added_in_one_place(sweep, tmp_path):
     assert edited != source
     data_py.write_text(edited)
     out, results = copy_out(sweep, tmp_path), str(tmp_path / "results")
-    done = subprocess.run([sys.executable, "-c", SHOW_TITLES, f"--out={out}", f"--results={results}", "--n_boot=50"],
-                          cwd=repo, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", SHOW_TITLES, f"--out={out}", f"--results={results}", "--n_boot=50"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     titles = json.loads(done.stdout.strip().splitlines()[-1])
     assert "mid, t = 11..50" in titles["fig_decomposition"]

@@ -151,7 +151,7 @@ def test_analyse_orders_top_five_smallest_first():
     tokens = {"a": 50, "b": 10, "c": 70, "d": 30, "e": 90, "f": 20, "g": 60}
     splits = {c: {s: {"docs": 1, "tokens": t if s == "train" else 1} for s in SPLITS}
               for c, t in tokens.items()}
-    stats = prepare.analyse(splits)
+    stats = prepare.dataset_composition(splits)
     assert stats["default_order"] == ["d", "a", "g", "c", "e"]
     assert stats["default_budget"] == 30
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import simulation, stats  # noqa: E402
+from harness import simulation, laws, stats  # noqa: E402
 from harness.data import BLOCK
 
 T = np.arange(1, BLOCK + 1)
@@ -64,7 +64,8 @@ def test_previous_bootstrap_undercovers_where_seeds_dominate():
 
 
 def test_coverage_table_markdown():
-    rows = simulation.coverage_table(regimes={"mixed": simulation.REGIMES["mixed"]}, seed_counts=(2,), replicates=40,
+    rows = simulation.coverage_table(regimes={"mixed": simulation.REGIMES["mixed"]}, seed_counts=(2,),
+                                     replicates=40,
                                 n_boot=50, chunk=40)
     text = simulation.markdown_table(rows)
     assert text.count("\n") == 3 and "| mixed | paired difference | 2 |" in text
@@ -133,7 +134,8 @@ def test_estimates_are_the_plain_means():
 
 
 def test_variance_is_the_classical_crossed_anova_estimate():
-    """Equal windows per document: V = MS_seeds / (S D) + MS_docs / (S D) - MS_residual / (S D), df by Satterthwaite."""
+    """Equal windows per document: V = MS_seeds / (S D) + MS_docs / (S D) - MS_residual / (S D), df by
+    Satterthwaite."""
     rng = np.random.default_rng(3)
     values, docs = crossed(rng, 4, 15, per_doc=1)
     n_seeds, n_docs = values.shape
@@ -198,28 +200,28 @@ def test_fits_recover_known_parameters():
     rng = np.random.default_rng(4)
     k = np.repeat(np.arange(1, 6), 3).astype(float)
     late = 2.0 + 0.1 * k ** 0.6 + rng.normal(0, 0.002, len(k))            # E + B K^beta
-    fit = stats.fit_power_law(k, late)
+    fit = laws.fit_power_law(k, late)
     check_params(fit, {"E": 2.0, "B": 0.1, "beta": 0.6, "a": 2.1, "c": 0.06}, 0.25)
     assert fit["E_B"]
-    np.testing.assert_allclose(stats.power_law(k, 2.1, 0.06, 0.6), 2.0 + 0.1 * k ** 0.6)
+    np.testing.assert_allclose(laws.power_law(k, 2.1, 0.06, 0.6), 2.0 + 0.1 * k ** 0.6)
     # a logarithmic trend is the beta -> 0 end of the family: finite parameters, beta near 0, no E, B
-    fit = stats.fit_power_law(k, 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.002, len(k)))
+    fit = laws.fit_power_law(k, 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.002, len(k)))
     check_params(fit, {"a": 3.0, "c": 0.2}, 0.05)
     assert abs(fit["params"]["beta"]["value"]) < 0.2
     assert not fit["E_B"] and "E" not in fit["params"] and "B" not in fit["params"]
     xe = 3.0 + 0.2 * np.log(k) + rng.normal(0, 0.01, len(k))
-    check_params(stats.fit_linear_in_log_k(k, xe), {"a": 3.0, "b": 0.2}, 0.1)
-    assert stats.fit_law(stats.linear, [1, 2], [1, 2], p0=[0, 1])["params"]["a"]["se"] != 0   # dof 0: no crash
+    check_params(laws.fit_linear_in_log_k(k, xe), {"a": 3.0, "b": 0.2}, 0.1)
+    assert laws.fit_law(laws.linear, [1, 2], [1, 2], p0=[0, 1])["params"]["a"]["se"] != 0   # dof 0: no crash
 
 
 def test_law_parametrizations():
     # x1 - d (1 - t^-c) / c is a + b t^-c with x1 = a + b, d = b c, and x1 - d ln t at c = 0, continuously
-    np.testing.assert_allclose(stats.position_law(T, 3.5, 1.4, 0.7), 1.5 + 2.0 * T ** -0.7)
-    np.testing.assert_allclose(stats.position_law(T, 3.0, 0.25, 0.0), 3.0 - 0.25 * np.log(T))
-    np.testing.assert_allclose(stats.position_law(T, 3.0, 0.25, 1e-7), 3.0 - 0.25 * np.log(T), atol=1e-6)
-    np.testing.assert_allclose(stats.position_law(T, 3.0, 0.25, 1e-13), 3.0 - 0.25 * np.log(T))
-    np.testing.assert_allclose(stats.power_law(np.arange(1, 6), 2.0, 0.3, 0.0), 2.0 + 0.3 * np.log(np.arange(1, 6)))
-    assert "x1 - d (1 - t^-c) / c" in stats.law_explanation(stats.position_law)
+    np.testing.assert_allclose(laws.position_law(T, 3.5, 1.4, 0.7), 1.5 + 2.0 * T ** -0.7)
+    np.testing.assert_allclose(laws.position_law(T, 3.0, 0.25, 0.0), 3.0 - 0.25 * np.log(T))
+    np.testing.assert_allclose(laws.position_law(T, 3.0, 0.25, 1e-7), 3.0 - 0.25 * np.log(T), atol=1e-6)
+    np.testing.assert_allclose(laws.position_law(T, 3.0, 0.25, 1e-13), 3.0 - 0.25 * np.log(T))
+    np.testing.assert_allclose(laws.power_law(np.arange(1, 6), 2.0, 0.3, 0.0), 2.0 + 0.3 * np.log(np.arange(1, 6)))
+    assert "x1 - d (1 - t^-c) / c" in laws.law_explanation(laws.position_law)
 
 
 # -----------------------------------------------------------------------------
@@ -229,16 +231,17 @@ def test_refits_reproduce_the_point_fits():
     rng = np.random.default_rng(6)
     k = np.repeat(np.arange(1, 6), 3).astype(float)
     late = 2.0 + 0.1 * k ** 0.6 + rng.normal(0, 0.01, len(k))
-    fit = stats.fit_power_law(k, late)
-    refit = stats.refit_power_law(k, late[None])[0]
-    np.testing.assert_allclose(refit, [fit["params"][n]["value"] for n in ("a", "c", "beta")], rtol=2e-3, atol=2e-4)
+    fit = laws.fit_power_law(k, late)
+    refit = laws.refit_power_law(k, late[None])[0]
+    np.testing.assert_allclose(refit, [fit["params"][n]["value"] for n in ("a", "c", "beta")],
+                               rtol=2e-3, atol=2e-4)
     curve = 1.5 + 2.0 * T ** -0.7 + rng.normal(0, 0.01, BLOCK)
     sigma = np.full(BLOCK, 0.01) * (1 + T / 100)
-    fit = stats.fit_position_curve(curve, sigma)
-    refit = stats.refit_position_curve(curve[None], sigma)[0]
+    fit = laws.fit_position_curve(curve, sigma)
+    refit = laws.refit_position_curve(curve[None], sigma)[0]
     np.testing.assert_allclose(refit, [fit["params"][n]["value"] for n in ("x1", "d", "c")], rtol=2e-3)
-    lnk = stats.refit_linear_in_log_k(k, late[None])[0]
-    np.testing.assert_allclose(lnk, [stats.fit_linear_in_log_k(k, late)["params"][n]["value"] for n in "ab"])
+    lnk = laws.refit_linear_in_log_k(k, late[None])[0]
+    np.testing.assert_allclose(lnk, [laws.fit_linear_in_log_k(k, late)["params"][n]["value"] for n in "ab"])
 
 
 def test_replicates_reproduce_the_interval_variance():
@@ -246,21 +249,23 @@ def test_replicates_reproduce_the_interval_variance():
     rng = np.random.default_rng(7)
     values, docs = crossed(rng, 3, 30, seed_sd=0.1, noise=0.5)
     cell = stats.document_means(values, docs)
-    covers, blocks = stats.crossed_replicates([cell], n_rep=40000, seed=1)
+    covers, blocks = laws.crossed_replicates([cell], n_rep=40000, seed=1)
     assert covers == "seeds and documents"
     assert [(source, df, sign) for source, df, sign, _ in blocks] == [
         ("seeds of cell 0", 2, 1.0), ("documents", 29, 1.0), ("interaction", 58, -1.0)]
-    variance, df = stats.combine_terms([(source, df, sign, deltas[:, 0].var()) for source, df, sign, deltas in blocks])
+    variance, df = stats.combine_terms([(source, df, sign, deltas[:, 0].var())
+                                        for source, df, sign, deltas in blocks])
     exact = stats.crossed_mean(values, docs)
     assert variance == pytest.approx(exact["se"] ** 2, rel=0.03) and df == pytest.approx(exact["df"], rel=0.1)
     # across positions too: the replicates' variance of a contrast between two positions is the
     # crossed variance of that contrast (a per-position rescaling would get this wrong)
     curves = values[..., None] + rng.normal(0, [0.1, 0.5], (3, len(docs), 2))
-    covers, blocks = stats.crossed_replicates([stats.document_means(curves, docs)], n_rep=40000, seed=2)
-    contrast = [(source, df, sign, (deltas[:, 0, 0] - deltas[:, 0, 1]).var()) for source, df, sign, deltas in blocks]
+    covers, blocks = laws.crossed_replicates([stats.document_means(curves, docs)], n_rep=40000, seed=2)
+    contrast = [(source, df, sign, (deltas[:, 0, 0] - deltas[:, 0, 1]).var())
+                for source, df, sign, deltas in blocks]
     exact = stats.crossed_mean(curves[..., 0] - curves[..., 1], docs)
     assert stats.combine_terms(contrast)[0] == pytest.approx(exact["se"] ** 2, rel=0.05)
-    covers, blocks = stats.crossed_replicates([stats.document_means(values[:1], docs)], n_rep=40000, seed=1)
+    covers, blocks = laws.crossed_replicates([stats.document_means(values[:1], docs)], n_rep=40000, seed=1)
     assert covers == "documents only" and len(blocks) == 1
     assert blocks[0][3][:, 0].var() == pytest.approx(stats.crossed_mean(values[:1], docs)["se"] ** 2, rel=0.03)
 
@@ -284,16 +289,18 @@ def test_refitted_intervals_scope_and_derived_parameters():
 
 
 def test_refitted_ln_k_interval_covers():
-    """The refitted interval of the ln K law's slope holds its level (the cheap law; bench.py --what=coverage --fits=True has all)."""
+    """The refitted interval of the ln K law's slope holds its level (the cheap law; bench.py
+    --what=coverage --fits=True has all)."""
     rng = np.random.default_rng(9)
     hits = []
     for i in range(300):
         cells, docs = simulation.simulate_sweep(simulation.REGIMES["mixed"], 3, rng, ks=(1, 2, 4))
         ks = sorted(cells)
         points = np.concatenate([cells[k][..., 0].mean(axis=1) for k in ks])
-        replicates = stats.run_level_replicates([stats.document_means(cells[k][..., 0], docs) for k in ks],
+        replicates = laws.run_level_replicates([stats.document_means(cells[k][..., 0], docs) for k in ks],
                                                 points, n_rep=200, seed=i)
-        fit = stats.fit_linear_in_log_k(np.repeat(ks, 3), points, replicates)
-        hits.append(fit["params"]["b"]["ci95"][0] <= simulation.LAWS_TRUTH["lnK"]["b"] <= fit["params"]["b"]["ci95"][1])
+        fit = laws.fit_linear_in_log_k(np.repeat(ks, 3), points, replicates)
+        low, high = fit["params"]["b"]["ci95"]
+        hits.append(low <= simulation.LAWS_TRUTH["lnK"]["b"] <= high)
     # binomial(300, 0.95): outside [0.90, 0.99] with probability < 0.1%
     assert 0.90 <= np.mean(hits) <= 0.99, np.mean(hits)

@@ -60,7 +60,8 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
     for run in runs:   # the table carries the numbers evaluate.py wrote
         summary = json.load(open(os.path.join(run, "eval.json")))
         for row in (r for r in rows if r["run"] == summary["run"]):
-            assert float(row["xe_mean"]) == pytest.approx(summary["categories"][row["category"]]["xe_mean"], rel=1e-4)
+            expected = summary["categories"][row["category"]]["xe_mean"]
+            assert float(row["xe_mean"]) == pytest.approx(expected, rel=1e-4)
     report = open(f"{tmp}/results/REPORT.md").read()
     assert "all 2 runs trained on 3,000 tokens" in report
     # the decomposition with the controls, the learner beside the model, a generated conclusion
