@@ -208,7 +208,7 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_im
     """Our step against nanoGPT's loop on the same compiled model; the output layer `loss_impl`
     (train.py's resolution of "auto" by default) and torch.compile's `mode` (None: train.py's)."""
     import torch
-    import train
+    from model import device_peak_flops
     t = training_step(name, cfg, device, n_tok, batch, work, loss_impl, mode)
     clock = Clock(device)
     t_warm = clock.run(t.step, warm)          # compilation happens here
@@ -223,7 +223,7 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_im
         clock.run(nano, 2)
         s_nano = clock.run(nano, n_steps)
     peak_mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    peak, tok, rc = train.device_peak_flops(device, 0.0), batch * BLOCK * n_steps, t.run_config
+    peak, tok, rc = device_peak_flops(device, 0.0), batch * BLOCK * n_steps, t.run_config
     return {"size": f"{name} ({rc['n_layer']}L-{rc['n_embd']}d-{rc['n_head']}h, vocab {t.vocab})",
             "loss_impl": t.raw.loss_impl, "compile_mode": mode or "default",
             "n_params": t.raw.n_params(), "batch": batch, "compiled": t.compiled, "warmup_s": t_warm,
@@ -242,8 +242,7 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_im
 
 def bench_train(cfg, work):
     import torch
-    import train
-    from model import resolve_device
+    from model import device_peak_flops, resolve_device
     device = resolve_device(cfg.device)
     is_cuda = device.type == "cuda"
     sizes = list(cfg.sizes) or (["tiny", "small", "medium"] if is_cuda else ["2L-64d-4h-v65", "tiny"])
@@ -253,7 +252,7 @@ def bench_train(cfg, work):
     n_tok = cfg.train_tokens or (50_000_000 if is_cuda else 4_000_000)
     if is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    peak = train.device_peak_flops(device, 0.0)
+    peak = device_peak_flops(device, 0.0)
     results = []
     # the profiled size again with every other output layer, and with CUDA graphs: side by side
     variants = [(name, "auto", None) for name in sizes]

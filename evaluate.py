@@ -12,10 +12,16 @@ the run's training mixture ("bayes"), the oracle that knows the window's chain (
 Bayesian learner that knows the model class but only the run's own training tokens ("learner",
 with a posterior over the run's chains; "learner1", told the chain, for the run's own components).
 
+On the categories a run never trained on, "context" is the in-context learner of a new chain
+(the model class's prior, fitted once per dataset, and only the window's own transitions): what
+the data allow a network that learns a chain in context. The oracle and context losses depend
+on the data alone and are computed once per dataset, beside the evaluation set.
+
 Writes out/<run>/eval.npz (per-window, per-position losses in nats, keyed "model:<cat>",
-"bayes:<cat>", "oracle:<cat>", "learner:<cat>", "learner1:<cat>", "doc:<cat>") and
+"bayes:<cat>", "oracle:<cat>", "learner:<cat>", "learner1:<cat>", "context:<cat>", "doc:<cat>") and
 out/<run>/eval.json (the summary, with the learner's fitted Dirichlet concentrations; written last).
 """
+import contextlib
 import os
 import time
 import zipfile
@@ -29,10 +35,11 @@ from harness.data import Dataset, file_sha, fixed_windows, gather_windows
 from harness.mixture import Mixture, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype)
-from harness.references import bayes_losses, fit_alpha, learner_losses, transition_counts
+from harness.references import (bayes_losses, fit_alpha, fit_shared_alpha, in_context_losses, learner_losses,
+                                transition_counts)
 from harness.runs import (EVALUATION_CODE, atomic_path, code_fingerprint, experiment_identity, load_checkpoint,
-                          lock_folder, read_json, read_run_file, run_identity, stop_with_sweep, trained_on,
-                          write_json)
+                          lock_folder, read_json, read_run_file, run_arm, run_identity, stop_with_sweep,
+                          trained_on, write_json)
 
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
@@ -90,17 +97,60 @@ def learner_counts(run_dir, saved, dataset, chains):
     return counts, fit_alpha(counts)
 
 
-def synthetic_references(windows, cat, names, weights, chains, counts, alphas):
-    """The reference losses (N, T) of one category's windows: bayes, oracle, learner, learner1."""
+def dataset_references(dataset, evalset, evalset_path, chains):
+    """
+    What depends on the data alone, computed once per dataset and evaluation set and saved beside
+    the set: each category's oracle losses and its in-context learner's ("context": a chain learned
+    from the window alone, references.in_context_losses), and that learner's concentration, fitted
+    by maximum marginal likelihood on the train split of the default order's first five chains
+    (those a K = 1..5 sweep trains on; the same prior for every run and K).
+    """
+    path = evalset_path.replace("evalset_", "references_")
+    sha = file_sha(evalset_path)
+    with contextlib.suppress(OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        with np.load(path) as z:
+            if str(z["evalset_sha"]) == sha:
+                return {k: z[k] for k in z.files}
+    vocab = chains["transition"].shape[-1]
+    counts = []
+    for name in dataset.default_order[:5]:
+        offsets = dataset.offsets(name, "train")
+        counts.append(transition_counts(dataset.tokens(name, "train"), offsets[:-1], offsets[1:],
+                                        np.zeros(len(offsets) - 1, dtype=np.int64), 1, vocab, dataset.eot)[0])
+    alpha = fit_shared_alpha(np.stack(counts))
+    arrays = {"evalset_sha": np.array(sha), "alpha": np.array(alpha)}
     index = {n: i for i, n in enumerate(chains["names"])}
-    mix, c = [index[n] for n in names], index[cat]
+    for cat in dataset.components:
+        windows = evalset_windows(dataset, evalset, cat)
+        c = index[cat]
+        arrays[f"oracle:{cat}"] = bayes_losses(windows, chains["transition"][[c]], chains["stationary"][[c]],
+                                               np.ones(1)).astype(np.float32)
+        arrays[f"context:{cat}"] = in_context_losses(windows, vocab, alpha).astype(np.float32)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return arrays
+
+
+def evalset_windows(dataset, evalset, cat):
+    """The evaluation windows of a category as (N, 101) token ids."""
+    x, y = gather_windows(dataset.tokens(cat, "test"), evalset[cat][0])
+    return np.concatenate([x, y[:, -1:]], axis=1)
+
+
+def synthetic_references(windows, cat, names, weights, chains, counts, alphas, per_dataset):
+    """The reference losses (N, T) of one category's windows: bayes, oracle, learner, learner1 (the
+    run's own categories), context (the others: chains the run never saw)."""
+    index = {n: i for i, n in enumerate(chains["names"])}
+    mix = [index[n] for n in names]
     prior = np.asarray(weights)
     refs = {"bayes": bayes_losses(windows, chains["transition"][mix], chains["stationary"][mix], prior),
-            "oracle": bayes_losses(windows, chains["transition"][[c]], chains["stationary"][[c]], np.ones(1)),
-            "learner": learner_losses(windows, counts, alphas, prior)}
+            "oracle": per_dataset[f"oracle:{cat}"], "learner": learner_losses(windows, counts, alphas, prior)}
     if cat in names:                    # told the component: only where the run has its counts
         i = names.index(cat)
         refs["learner1"] = learner_losses(windows, counts[[i]], alphas[[i]], np.ones(1))
+    else:
+        refs["context"] = per_dataset[f"context:{cat}"]
     return refs
 
 
@@ -180,20 +230,22 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     chains = dataset.chains()
     if chains is not None:
         counts, alphas = learner_counts(run_dir, saved, dataset, chains)
+        per_dataset = dataset_references(dataset, evalset, evalset_path, chains)
     dtype = resolve_dtype(cfg.dtype, device)
     autocast = autocast_for(device, dtype)
     batch_size = cfg.batch_size or logits_batch(model.config.padded_vocab)
     arrays, categories = {}, {}
-    for cat in dataset.components:
+    tagged = model.tag is not None          # told the component: scored on its own components only
+    for cat in names if tagged else dataset.components:
         starts, docs = evalset[cat]
         x, y = gather_windows(dataset.tokens(cat, "test"), starts)
-        losses = batched_losses(model, x, y, device, batch_size, autocast)
+        losses = batched_losses(model, x, y, device, batch_size, autocast, names.index(cat) if tagged else None)
         arrays[f"model:{cat}"], arrays[f"doc:{cat}"] = losses, docs
         entry = {"n_windows": len(starts), "n_docs": int(len(np.unique(docs))),
                  "in_mixture": cat in names, **summarise(losses)}
         if chains is not None:
             windows = np.concatenate([x, y[:, -1:]], axis=1)
-            refs = synthetic_references(windows, cat, names, weights, chains, counts, alphas)
+            refs = synthetic_references(windows, cat, names, weights, chains, counts, alphas, per_dataset)
             for key, ref in refs.items():
                 arrays[f"{key}:{cat}"], entry[key] = ref.astype(np.float32), summarise(ref)
         categories[cat] = entry
@@ -206,7 +258,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
                                                 saved.get("code", {}).get("fingerprint")),
               "evaluation_code": EVALUATION_CODE_NOW,
               "dataset": dataset.name, "source": dataset.source,
-              "k": config["k"], "control": bool(config.get("control")), "k_mixture": config["components"],
+              "k": config["k"], "arm": run_arm(config), "k_mixture": config["components"],
               "components": names, "weights": weights, "seed": config["seed"],
               "model_size": saved["model"]["size"], "n_params": saved["model"]["n_params"],
               "token_budget": int(sum(trained_on(saved)["tokens"].values())),
@@ -217,9 +269,10 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     if chains is not None:
         result["entropy_rate"] = {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])}
         result["learner_alpha"] = {n: float(a) for n, a in zip(names, alphas)}
+        result["context_alpha"] = float(per_dataset["alpha"])
     write_json(eval_json, result)
     own = np.mean([categories[n]["xe_mean"] for n in names])
-    kind = " control" if result["control"] else ""
+    kind = "" if result["arm"] == "mixture" else f" {result['arm']}"
     print(f"{run_dir}: K={config['k']}{kind} XE over its own components {own:.4f} nats "
           f"({own / LN2:.4f} bits), {len(categories)} categories x {cfg.eval_windows} windows "
           f"in {time.time() - t0:.1f}s")

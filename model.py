@@ -23,14 +23,17 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False
+    n_tags: int = 0             # a tagged mixture's components: an embedding each, added at every position
 
     @classmethod
     def from_run(cls, run_config, vocab_size):
         """The model of a run config (train.py's keys, as a dict): the one place a run's config
         becomes a model, used by train, evaluate, bench and sweep's cost estimate."""
+        tagged = run_config.get("arm") == "tagged"
         return cls(vocab_size=vocab_size, block_size=BLOCK, n_layer=run_config["n_layer"],
                    n_head=run_config["n_head"], n_embd=run_config["n_embd"],
-                   dropout=run_config.get("dropout", 0.0), bias=run_config.get("bias", False))
+                   dropout=run_config.get("dropout", 0.0), bias=run_config.get("bias", False),
+                   n_tags=len(run_config["components"]) if tagged else 0)
 
     @property
     def padded_vocab(self):
@@ -195,6 +198,9 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.padded_vocab, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # the tagged mixture (train.py --arm=tagged) is told each window's component: a learned
+        # vector per component added to every position's embedding, so identification is free
+        self.tag = nn.Embedding(config.n_tags, config.n_embd) if config.n_tags else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -218,16 +224,20 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, ignore_index=-1):
+    def forward(self, idx, targets=None, ignore_index=-1, tags=None):
         """
         Without targets: logits over the real vocabulary (padding columns dropped), (B, T, vocab).
         With targets: per-token cross entropy in float32 nats, (B, T), 0 where ignored. Losses
-        come out of forward() so compiled and DDP-wrapped models are called the same way.
+        come out of forward() so compiled and DDP-wrapped models are called the same way. A tagged
+        model takes tags (B,): each window's component, an index into its mixture's components.
         """
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} > block_size {self.config.block_size}"
         pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx) + self.wpe(pos)
+        if self.tag is not None:
+            x = x + self.tag(tags)[:, None, :]
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
@@ -259,8 +269,11 @@ class GPT(nn.Module):
 # running the model: device, precision, per-token losses in batches
 
 def resolve_device(name):
+    """"auto", "cpu", "cuda" or "cuda:N" (the devices this harness is tested on) as a torch device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise UserError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu")
     try:
@@ -269,16 +282,36 @@ def resolve_device(name):
         raise UserError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
 
 
-def batched_losses(model, x, y, device, batch_size, autocast):
-    """Per-token losses (float32 numpy) of windows x -> y, a batch at a time, in inference mode."""
+def batched_losses(model, x, y, device, batch_size, autocast, tag=None):
+    """Per-token losses (float32 numpy) of windows x -> y, a batch at a time, in inference mode;
+    a tagged model is told every window's component, `tag`."""
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             xb = torch.from_numpy(x[i:i + batch_size]).to(device)
             yb = torch.from_numpy(y[i:i + batch_size]).to(device)
+            tags = None if tag is None else torch.full((len(xb),), tag, device=device)
             with autocast:
-                out.append(model(xb, yb).float().cpu())
+                out.append(model(xb, yb, tags=tags).float().cpu())
     return torch.cat(out).numpy()
+
+
+PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
+                   ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
+                   ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12)]
+
+
+def device_peak_flops(device, configured):
+    if configured:
+        return configured
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_BF16_FLOPS:
+            if key in name:
+                return flops
+        return 0.0
+    # CPU: a rough fp32 peak (cores x 2.5 GHz x 32 FLOP/cycle with AVX2 FMA), so MFU is indicative
+    return torch.get_num_threads() * 2.5e9 * 32
 
 
 def logits_batch(vocab_size):

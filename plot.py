@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from harness import analysis, experiments, report
+from harness import analysis, decomposition, experiments, generalisation, report
 from configurator import UserError, config_defaults, configure, run_cli
 from harness.data import BLOCK, range_label
 from harness.runs import atomic_write_bytes, write_json
@@ -163,32 +163,44 @@ def figure_positions(a, results_dir):
     return save_figure(fig, results_dir, "fig_xe_position")
 
 
+PART_COLOURS = {"scarcity": "C2", "dilution": "C1", "sharing": "C4", "identification": "C3"}
+
+
 def figure_decomposition(a, results_dir):
+    """Per metric, the K effect on the first component and its four parts per K (pointwise 95%
+    intervals); on synthetic data also the tagged mixture's XE(t) beside learner1's (told the chain)."""
     d = a.decomposition
-    rows = [("parts", "model: XE_K - XE_1 (nats)",
-             [("total", "C0", "total: mixture - K=1"), ("scarcity", "C2", "data scarcity: control - K=1"),
-              ("mixing", "C3", "mixing: mixture - control")])]
-    if d.ideal:
-        rows.append(("ideal", "K-mixture - oracle (nats)",
-                     [("scarcity", "C2", "data scarcity: learner1 - oracle"),
-                      ("identification", "C1", "identification: learner - learner1"),
-                      ("inefficiency", "C7", "inefficiency: model - learner")]))
-    n = len(analysis.METRICS)
-    fig, axes = plt.subplots(len(rows), n, figsize=(14 * n / 3, 3.8 * len(rows)), squeeze=False)
+    n, tagged = len(analysis.METRICS), bool(d.tagged_t)
+    fig, axes = plt.subplots(1 + tagged, n, figsize=(14 * n / 3, 3.8 * (1 + tagged)), squeeze=False)
     scopes = set()
-    for (source, ylabel, parts), row in zip(rows, axes):
-        for ax, metric in zip(row, analysis.METRICS):
-            entries = [p for p in getattr(d, source) if p.metric == metric]
-            x = np.arange(len(entries))
-            for j, (name, colour, label) in enumerate(parts):
-                drawn = [(i, getattr(p, name)) for i, p in enumerate(entries) if getattr(p, name) is not None]
-                if drawn:
-                    scopes |= bars(ax, x[[i for i, _ in drawn]] + (j - 1) * 0.8 / 3, [v for _, v in drawn],
-                                   colour, label if ax is row[0] else None)
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set(xticks=x, xticklabels=[f"K={p.k}" for p in entries], title=report.METRIC_LABELS[metric])
-        row[0].set_ylabel(ylabel)
-    style_axes(fig, axes.ravel(), scopes)
+    names = ["total"] + list(decomposition.PARTS)
+    for ax, metric in zip(axes[0], analysis.METRICS):
+        entries = [p for p in d.parts if p.metric == metric]
+        x, width = np.arange(len(entries)), 0.8 / len(names)
+        for j, name in enumerate(names):
+            drawn = [(i, p.total if name == "total" else p.parts.get(name)) for i, p in enumerate(entries)]
+            drawn = [(i, v) for i, v in drawn if v is not None]
+            if drawn:
+                label = "total: mixture - K=1" if name == "total" else decomposition.PART_LABELS[name]
+                offset = (j - (len(names) - 1) / 2) * width
+                scopes |= bars(ax, x[[i for i, _ in drawn]] + offset, [v for _, v in drawn],
+                               PART_COLOURS.get(name, "C0"), label if ax is axes[0][0] else None)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xticks=x, xticklabels=[f"K={p.k}" for p in entries], title=report.METRIC_LABELS[metric])
+    axes[0][0].set_ylabel("XE_K - XE_1 and its parts (nats)")
+    if tagged:
+        colours = k_colours(a.ks)
+        ax = axes[1][0]
+        for k, values in d.tagged_t.items():
+            ax.plot(POSITIONS, values, "-", color=colours[k], label=f"tagged K={k}")
+            learner1 = a.curves[k].references.get("learner1") if k in a.curves else None
+            if learner1 is not None:
+                ax.plot(POSITIONS, learner1, "-.", color=colours[k], lw=1)
+        ax.plot([], [], "-.", color="grey", lw=1, label="learner1 (told the chain)")
+        ax.set(xscale="log", xlabel="position t", ylabel="XE(t) (nats)", title=f"{a.first}: told the component")
+        for extra in axes[1][1:]:
+            extra.axis("off")
+    style_axes(fig, [ax for ax in axes.ravel() if ax.axison], scopes)
     return save_figure(fig, results_dir, "fig_decomposition")
 
 
@@ -251,6 +263,20 @@ def figure_model_size(rows, results_dir):
     return save_figure(fig, results_dir, "fig_model_size")
 
 
+def figure_unseen(u, results_dir):
+    """XE on the held-out components against K: the model and the in-context learner."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ks = [r.k for r in u.rows]
+    scopes = errorbar(ax, ks, [r.model for r in u.rows], line="-", label="model (95% CI)")
+    if u.uniform is not None:
+        ax.plot(ks, [r.context.value for r in u.rows], "-.", color="C2", label="in-context learner")
+        ax.axhline(u.uniform, color="grey", lw=0.8, ls=":", label=f"uniform (ln V = {u.uniform:.2f})")
+    ax.set(xlabel="K (components trained on)", ylabel=f"XE, {range_label('xe_mean')} (nats)", xticks=ks,
+           title=f"unseen: {', '.join(u.categories)}")
+    style_axes(fig, [ax], scopes)
+    return save_figure(fig, results_dir, "fig_unseen")
+
+
 def figure_dataset(dataset_stats, results_dir):
     rows = dataset_stats["rows"]
     categories = list(dict.fromkeys(r["category"] for r in rows))
@@ -297,6 +323,8 @@ def draw_figures(s, results_dir):
     if a.several_k:
         images["excess_area"] = figure_excess_area(a, results_dir)
         images["late_power_law"] = figure_late_power_law(a, results_dir)
+    if s.unseen is not None and s.unseen.rows:
+        images["unseen"] = figure_unseen(s.unseen, results_dir)
     if s.sizes:
         images["model_size"] = figure_model_size(s.sizes, results_dir)
     if s.dataset_stats:
@@ -340,7 +368,7 @@ def fits_json(s):
     a = s.analysis
     views = a.views.items()
     return clean({"experiment": s.main.id, "runs": [r.name for r in s.main.runs], "n_boot": s.n_boot,
-                  "controls": [r.name for r in s.main.controls], "first_component": a.first,
+                  "other_arms": {r.name: r.arm for r in s.main.twins}, "first_component": a.first,
                   "views": {name: {k: flat_cell(c) for k, c in view.cells.items()} for name, view in views},
                   "fits": {"xe_mean_vs_lnK": {name: view.lnk_fit for name, view in views if view.lnk_fit},
                            "late_power_law": a.power_law,
@@ -348,7 +376,7 @@ def fits_json(s):
                   "tests": {"trend": {name: view.trend for name, view in views},
                             "contrasts_vs_reference_k": a.contrasts},
                   "excess_area": a.areas, "decomposition": a.decomposition, "model_size": s.sizes,
-                  "budget_check": s.budget, "control_check": s.controls})
+                  "budget_check": s.budget, "control_check": s.controls, "unseen": s.unseen})
 
 
 # -----------------------------------------------------------------------------
@@ -372,14 +400,19 @@ def main(argv):
         print("warning: no stats.json/meta.json found; 'top5' means the components the runs used")
     first = experiments.first_component(experiment.runs, order)
     print(f"main experiment {experiment.id[:12]} ({len(experiment.runs)} runs, "
-          f"{len(experiment.controls)} controls), first component {first}; {len(groups) - 1} others")
+          f"{len(experiment.twins)} of other arms), first component {first}; {len(groups) - 1} others")
+    study_analysis = analysis.analyse(experiment, first, order[:5], cfg.n_boot, cfg.boot_seed)
+    if first is not None:
+        docs = analysis.stack_view(experiment.runs[:1], [first])[1]
+        study_analysis.decomposition = decomposition.decompose(experiment, first, docs)
     study = analysis.Study(
         out=cfg.out, runs=runs, skipped=skipped, main=experiment, choice=choice,
-        analysis=analysis.analyse(experiment, first, order[:5], cfg.n_boot, cfg.boot_seed),
+        analysis=study_analysis,
         experiments=analysis.summarise_experiments(groups, experiment, first),
-        budget=experiments.budget_check(experiment.runs), controls=experiments.control_checks(experiment),
+        budget=experiments.budget_check(experiment.runs), controls=experiments.arm_checks(experiment),
         sizes=analysis.size_rows(groups, experiment, first) if first else None,
-        dataset_stats=dataset_stats, order_known=order_known, n_boot=cfg.n_boot)
+        dataset_stats=dataset_stats, order_known=order_known, n_boot=cfg.n_boot,
+        unseen=generalisation.analyse_unseen(experiment))
 
     # draw the figures, removing those this data no longer supports
     os.makedirs(cfg.results, exist_ok=True)

@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from configurator import UserError, config_defaults, configure, run_cli
-from harness.data import SPLITS, Dataset, content_fingerprint
+from harness.data import SPLITS, Dataset, content_fingerprint, default_order
+from harness.references import stationary_distribution
 from harness.runs import DIR_MODE, provenance, write_json
 
 # -----------------------------------------------------------------------------
@@ -45,7 +46,7 @@ tokenizer = "gpt2"          # tiktoken encoding; r50k_base has identical ranks a
 num_proc = 0                # tokenizer threads; 0 = all cores
 batch_docs = 256            # documents read from the dataset at a time
 # synthetic
-n_components = 5            # number of chains (up to 11)
+n_components = 8            # number of chains (up to 11): the demo's K = 1..5 leaves three unseen
 synth_vocab = 48            # chain states; EOT is token synth_vocab
 concentration = 0.03        # Dirichlet concentration of each transition row (small = peaked rows)
 floor = 0.02                # uniform mixing, so every transition is possible
@@ -272,16 +273,9 @@ def make_chain(rng, vocab, alpha, floor):
     rows = rng.dirichlet(np.full(vocab, alpha), size=vocab)
     transition = (1 - floor) * rows + floor / vocab          # every entry >= floor/vocab > 0
     transition /= transition.sum(1, keepdims=True)
-    stationary = stationary_distribution(transition)
+    stationary = stationary_distribution(transition[None])[0]
     entropy_rate = float(-(stationary[:, None] * transition * np.log(transition)).sum())
     return transition, stationary, entropy_rate
-
-
-def stationary_distribution(transition):
-    """pi P = pi, from the left eigenvector of eigenvalue 1 (unique: the chain is ergodic)."""
-    values, vectors = np.linalg.eig(transition.T)
-    pi = np.real(vectors[:, np.argmin(np.abs(values - 1))])
-    return pi / pi.sum()
 
 
 def sample_docs(rng, transition, stationary, lengths):
@@ -342,9 +336,8 @@ def dataset_composition(splits):
             s = per_split[split]
             rows.append({"category": comp, "split": split, "docs": s["docs"], "tokens": s["tokens"],
                          "mean_tokens_per_doc": round(s["tokens"] / max(s["docs"], 1), 1)})
-    by_train = sorted(splits, key=lambda c: (-splits[c]["train"]["tokens"], c))
-    top5 = sorted(by_train[:5], key=lambda c: (splits[c]["train"]["tokens"], c))
-    return {"rows": rows, "default_order": top5, "default_budget": splits[top5[0]]["train"]["tokens"]}
+    order = default_order({c: per_split["train"]["tokens"] for c, per_split in splits.items()})
+    return {"rows": rows, "default_order": order, "default_budget": splits[order[0]]["train"]["tokens"]}
 
 
 def print_table(stats):
@@ -352,8 +345,9 @@ def print_table(stats):
     for r in stats["rows"]:
         print(f"{r['category']:<10} {r['split']:<6} {r['docs']:>8,} {r['tokens']:>14,} "
               f"{r['mean_tokens_per_doc']:>11,.0f}")
-    print(f"top five by train tokens, smallest first (default order for K = 1..5): "
-          f"{', '.join(stats['default_order'])}")
+    order = stats["default_order"]
+    print(f"top five by train tokens, smallest first (default order for K = 1..5): {', '.join(order[:5])}"
+          + (f"; then, largest first, for K = 6..{len(order)}: {', '.join(order[5:])}" if order[5:] else ""))
     print(f"default token budget (train tokens of {stats['default_order'][0]}): "
           f"{stats['default_budget']:,}")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole experiment: prepare -> train K = 1..5 x seeds x sizes, plus the data-matched controls
-# -> evaluate -> plot -> REPORT.md
+# The whole experiment: prepare -> train K = 1..5 x seeds x sizes, and beside every K >= 2 mixture
+# its arms (steps- and exposure-matched controls, the tagged mixture) -> evaluate -> plot -> REPORT.md
 #
 #   bash sweep.sh                        # arXiv, one GPU (or several: one run per GPU)
 #   bash sweep.sh synthetic              # synthetic chains on CPU, minutes, with exact references
@@ -16,12 +16,21 @@ cd "$(dirname "$0")"
 MODE=arxiv
 if [[ "${1:-}" == "synthetic" || "${1:-}" == "arxiv" ]]; then MODE=$1; shift; fi
 EXTRA=("$@")                                  # --key=value arguments passed to train.py
+for arg in "${EXTRA[@]}"; do                  # the grid is the sweep's: K, seeds, arms and folders
+  case "$arg" in
+    --k=*|--seed=*|--arm=*|--control=*|--components=*|--out_root=*|--out_dir=*|--run_name=*|--data_dir=*)
+      echo "error: $arg is set by sweep.sh for every run of its grid; use KS=, SEEDS=, ARMS=, OUT= or DATA=" \
+           "(or train.py for a single run)" >&2
+      exit 2 ;;
+  esac
+done
 
 # ---- settings (environment variables override) -----------------------------------------------
 SEEDS=${SEEDS:-"1 2 3"}                       # seeds per K
 KS=${KS:-"1 2 3 4 5"}                         # numbers of components
-CONTROLS=${CONTROLS:-1}                       # 1: for every K >= 2 and seed, the K = 1 control
-                                              # trained on the first component's share (0: none)
+CONTROLS=${CONTROLS:-1}                       # 1: beside every K >= 2 mixture and seed, its arms (0: none)
+ARMS=${ARMS:-"control exposure tagged"}       # which arms (harness/mixture.py ARMS): the steps-matched
+                                              # and exposure-matched controls, the tagged mixture
 OUT=${OUT:-out}                               # runs root
 RESULTS=${RESULTS:-results}                   # figures, tables, REPORT.md
 PYTHON=${PYTHON:-python}
@@ -36,7 +45,8 @@ if [[ $MODE == arxiv ]]; then
   PREPARE_ARGS=${PREPARE_ARGS:-""}            # e.g. "--data_files=/path/to/no_ref"
   BASE_CONFIG=""
 else
-  SIZES="synthetic"                           # the synthetic config carries its own model size
+  SIZES=${SIZES:-"synthetic"}                 # "synthetic": config/synthetic.py's own model; a size
+                                              # sweep: e.g. SIZES="2L-32d-4h synthetic" (README, RQ2)
   DATA=${DATA:-data/synthetic}
   PREPARE_ARGS=${PREPARE_ARGS:-""}
   BASE_CONFIG="config/synthetic.py"           # (plot.py's default experiment: runs.DEFAULT_CONFIGS)
@@ -85,7 +95,7 @@ on_interrupt() {
 }
 trap on_interrupt INT TERM
 
-say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, controls $([[ $CONTROLS == 1 ]] && echo on || echo off), data $DATA, extra: ${EXTRA[*]:-none}"
+say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, arms $([[ $CONTROLS == 1 ]] && echo "{$ARMS}" || echo off), data $DATA, extra: ${EXTRA[*]:-none}"
 
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=${N_GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)}
@@ -110,12 +120,13 @@ if [[ $PARALLEL == auto ]]; then
   [[ $MODE == arxiv && $N_GPUS -eq 0 ]] && PARALLEL=1
 fi
 
-# the main runs first (K = 1 before anything that is compared with it), then the controls
+# the K-mixtures first (K = 1 before anything that is compared with it), then their arms: one list
+# that sizes, K values and seeds loop over
 RUNS=()
-for size in $SIZES; do for k in $KS; do for seed in $SEEDS; do RUNS+=("$size:$k:$seed:0"); done; done; done
+for size in $SIZES; do for k in $KS; do for seed in $SEEDS; do RUNS+=("$size:$k:$seed:mixture"); done; done; done
 if [[ $CONTROLS == 1 ]]; then
-  for size in $SIZES; do for k in $KS; do [[ $k -ge 2 ]] || continue
-    for seed in $SEEDS; do RUNS+=("$size:$k:$seed:1"); done; done; done
+  for arm in $ARMS; do for size in $SIZES; do for k in $KS; do [[ $k -ge 2 ]] || continue
+    for seed in $SEEDS; do RUNS+=("$size:$k:$seed:$arm"); done; done; done; done
 fi
 if [[ $N_GPUS -gt 0 ]]; then
   say "${#RUNS[@]} runs, $PARALLEL at a time on $N_GPUS GPU(s) (slot i on GPU i mod $N_GPUS)"
@@ -124,12 +135,27 @@ else
 fi
 
 # ---- 3. train + evaluate each run (one slot per GPU, or per core on CPU) ---------------------------
-run_one() {   # size k seed control slot
-  local size=$1 k=$2 seed=$3 control=$4 slot=$5
-  local configs=$BASE_CONFIG label="k${k}" dir rc
-  [[ $MODE == arxiv ]] && configs="config/$size.py"
-  [[ $control == 1 ]] && label="k${k} control"
-  local args=($configs --data_dir="$DATA" --out_root="$OUT" --k="$k" --seed="$seed" --control="$control" "${EXTRA[@]}")
+# a size as train.py arguments: a config file (config/<size>.py), or <L>L-<d>d-<h>h; "synthetic" adds nothing
+size_args() {
+  if [[ $1 == synthetic ]]; then return; fi
+  if [[ -f config/$1.py ]]; then echo "config/$1.py"; return; fi
+  if [[ $1 =~ ^([0-9]+)L-([0-9]+)d-([0-9]+)h$ ]]; then
+    echo "--n_layer=${BASH_REMATCH[1]} --n_embd=${BASH_REMATCH[2]} --n_head=${BASH_REMATCH[3]} --size="
+    return
+  fi
+  return 1
+}
+for size in $SIZES; do
+  size_args "$size" >/dev/null || { echo "error: size '$size': use a config name (config/<size>.py) or" \
+                                         "<L>L-<d>d-<h>h, e.g. SIZES=\"2L-32d-4h synthetic\"" >&2; exit 2; }
+done
+
+run_one() {   # size k seed arm slot
+  local size=$1 k=$2 seed=$3 arm=$4 slot=$5
+  local label="k${k}" dir rc
+  [[ $arm != mixture ]] && label="k${k} $arm"
+  local args=($BASE_CONFIG $(size_args "$size") --data_dir="$DATA" --out_root="$OUT" --k="$k" --seed="$seed"
+              --arm="$arm" "${EXTRA[@]}")
   local where=""
   if [[ $N_GPUS -gt 1 ]]; then          # slots spread over the GPUs, from the list the user gave, if any
     local gpus
@@ -175,8 +201,8 @@ for ((slot = 0; slot < PARALLEL; slot++)); do
   (
     trap 'exit 143' TERM
     for ((i = slot; i < ${#RUNS[@]}; i += PARALLEL)); do
-      IFS=: read -r size k seed control <<<"${RUNS[$i]}"
-      run_one "$size" "$k" "$seed" "$control" "$slot" || exit $?
+      IFS=: read -r size k seed arm <<<"${RUNS[$i]}"
+      run_one "$size" "$k" "$seed" "$arm" "$slot" || exit $?
     done
   ) &
   SLOT_PIDS+=($!)

@@ -2,7 +2,7 @@
 Train one compact GPT on a mixture of K components under a fixed token budget.
 
     python train.py config/k4.py                          # arXiv, K = 4, default size
-    python train.py config/k4.py --control=True           # its data-matched K = 1 control
+    python train.py config/k4.py --arm=control            # its steps-matched K = 1 control (ARMS)
     python train.py config/synthetic.py --k=3 --seed=2    # synthetic chains, CPU, a minute
     torchrun --standalone --nproc_per_node=4 train.py config/k4.py    # several GPUs (DDP)
 
@@ -33,7 +33,7 @@ from configurator import UserError, config_defaults, configure, run_cli
 from harness.data import Dataset, fixed_windows, gather_windows
 from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
-                   resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS)
+                   resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS, device_peak_flops)
 from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, experiment_identity, identity_config,
                           load_checkpoint, lock_folder,
                   provenance, read_log, read_run_file, run_identity, default_run_name, size_label,
@@ -49,8 +49,10 @@ weights = []                # mixture weights over the components (default: equa
 token_budget = 0            # unique training tokens in the mixture; 0 = train tokens of the
                             # smallest top-five category, so that K = 1 uses all of it
 epochs = 4                  # passes over the mixture (3 to 5 intended); fixes steps and tokens
-control = False             # train the data-matched K = 1 control of this K-mixture instead: its
-                            # first component's share, epochs x K passes (the same steps)
+arm = "mixture"             # "mixture", or a twin of this K-mixture on its first component that
+                            # splits the K effect (harness/mixture.py ARMS): "control" (K = 1 on
+                            # its share, the mixture's steps), "exposure" (K = 1 on its share, its
+                            # passes per token), "tagged" (the mixture, the model told the component)
 seed = 1337                 # model init, mixture subset, epoch phases and order, dropout
 # run
 out_root = "out"            # run folders go to out_root/<run_name>
@@ -124,35 +126,18 @@ class StepClock:
 
 
 # -----------------------------------------------------------------------------
-# helpers: device, learning rate, MFU, checkpoints
+# helpers: the step, the learning rate, validation
 
-PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
-                   ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
-                   ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12)]
-
-
-def device_peak_flops(device, configured):
-    if configured:
-        return configured
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_BF16_FLOPS:
-            if key in name:
-                return flops
-        return 0.0
-    # CPU: a rough fp32 peak (cores x 2.5 GHz x 32 FLOP/cycle with AVX2 FMA), so MFU is indicative
-    return torch.get_num_threads() * 2.5e9 * 32
-
-
-def train_step(model, optimizer, x, y, autocast, loss_scale, grad_clip):
+def train_step(model, optimizer, x, y, autocast, loss_scale, grad_clip, tags=None):
     """
     One optimizer step, the same on every device (bench.py times this function): per-target
     losses in autocast, summed and scaled to the step's mean over its real targets (padding
     rows have none), backward, gradient clipping, AdamW. Returns the loss as a tensor: reading
-    it would sync the GPU, so the caller does that only when it logs.
+    it would sync the GPU, so the caller does that only when it logs. tags: a tagged mixture's
+    components per window (None for every other arm).
     """
     with autocast:
-        losses = model(x, y)
+        losses = model(x, y, tags=tags)
     loss = losses.sum() * loss_scale
     loss.backward()
     if grad_clip > 0:
@@ -171,10 +156,11 @@ def learning_rate_at(step, cfg, total_steps):
 
 
 def validation_loss(model, windows, device, autocast):
-    """Mean loss on the fixed validation windows, per component."""
+    """Mean loss on the fixed validation windows, per component (a tagged model told which)."""
     model.eval()
     batch = logits_batch(model.config.padded_vocab)
-    result = {name: float(batched_losses(model, x, y, device, batch, autocast).mean())
+    tags = {name: (i if model.tag is not None else None) for i, name in enumerate(windows)}
+    result = {name: float(batched_losses(model, x, y, device, batch, autocast, tags[name]).mean())
               for name, (x, y) in windows.items()}
     model.train()
     return result
@@ -378,8 +364,10 @@ def validation_windows(dataset, names, n):
 
 def announce(job, runtime, model, mixture, resume, log):
     cfg = job.cfg
-    what = (f"control of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if cfg.control
-            else f"K={cfg.k} ({', '.join(cfg.components)})")
+    arm = {"control": "steps-matched control", "exposure": "exposure-matched control"}.get(cfg.arm)
+    what = (f"{arm} of K={cfg.k} ({cfg.components[0]}'s share of the {cfg.k}-mixture)" if arm else
+            f"K={cfg.k} ({', '.join(cfg.components)})" + (", told each window's component" if cfg.arm == "tagged"
+                                                           else ""))
     quotas = ", ".join(f"{q:,}" for q in job.share.quotas)
     log(f"{cfg.run_name}: {what}, {mixture.budget:,} tokens ({quotas}), "
         f"{job.share.epochs} epochs = {job.total_steps:,} steps of ~{cfg.batch_size} windows; model "
@@ -496,7 +484,7 @@ def train_loop(job, model, state, batches, val_windows, log):
     try:
         while state.step < job.total_steps:
             t_begin = clock.mark()
-            x, y, n_targets, comp, epoch = batches(state.step)
+            x, y, tags, n_targets, comp, epoch = batches(state.step)
             t_data = clock.mark()
             lr = learning_rate_at(state.step, cfg, job.total_steps)
             for group in model.optimizer.param_groups:
@@ -504,7 +492,7 @@ def train_loop(job, model, state, batches, val_windows, log):
             # the step's mean over all its targets, across ranks (DDP averages gradients)
             total_targets = int(n_targets.sum())
             loss = train_step(model.net, model.optimizer, x, y, model.autocast, job.place.world / total_targets,
-                              cfg.grad_clip)
+                              cfg.grad_clip, tags if model.raw.tag is not None else None)
             t_end = clock.mark()
             state.step += 1
             np.add.at(state.tokens_seen, comp[comp >= 0], n_targets[comp >= 0])

@@ -14,8 +14,8 @@ from harness.data import BLOCK, POSITION_RANGES, positions
 from harness.experiments import REFERENCES, BudgetCheck, Experiment, budget_check, differences
 from harness.laws import (curve_replicates, fit_linear_in_log_k, fit_position_curve, fit_power_law,
                           run_level_replicates)
-from harness.stats import (DocumentMeans, crossed_mean, crossed_variance, difference_interval, document_means,
-                           holm, interval_component, mean_interval, t_interval, trend_test)
+from harness.stats import (DocumentMeans, crossed_mean, difference_interval, document_means, holm,
+                           interval_component, mean_interval, trend_test)
 
 METRICS = tuple(POSITION_RANGES)     # every table, figure and sentence iterates these
 LATE = METRICS.index("xe_late")       # the late range: the late-position law and the areas
@@ -113,40 +113,6 @@ class Contrast:
 
 
 @dataclass
-class Parts:
-    """The model's K effect at one K and metric: total = scarcity + mixing (paired differences)."""
-    k: int
-    metric: str
-    total: Interval                 # XE_mix(K) - XE_1
-    scarcity: Interval = None       # XE_ctrl(K) - XE_1: less data per component
-    mixing: Interval = None         # XE_mix(K) - XE_ctrl(K): identification plus interference
-    mixing_minus_scarcity: Interval = None
-    n_seeds: tuple = ()             # (mixture, control, K = 1)
-
-
-@dataclass
-class IdealParts:
-    """The K-mixture runs against their learner references: excess = scarcity + identification +
-    inefficiency (each model or reference minus the next one down, so they sum exactly)."""
-    k: int
-    metric: str
-    excess: Interval                # model - oracle
-    scarcity: Interval              # learner1 - oracle
-    identification: Interval        # learner - learner1
-    inefficiency: Interval          # model - learner
-
-
-@dataclass
-class Decomposition:
-    first: str
-    parts: list                     # Parts per K >= 2 and metric
-    control_ks: list                # K values with controls on the first component
-    ideal: list = field(default_factory=list)          # IdealParts per K and metric (synthetic)
-    bayes_area: dict = field(default_factory=dict)     # K -> Interval of sum_t [bayes - oracle] (<= ln K)
-    learner_alpha: dict = field(default_factory=dict)  # chain -> (lowest, highest) fitted alpha over runs
-
-
-@dataclass
 class Analysis:
     ks: list
     first: str
@@ -156,7 +122,7 @@ class Analysis:
     areas: dict = field(default_factory=dict)         # K -> Area
     contrasts: list = field(default_factory=list)
     power_law: dict = None
-    decomposition: Decomposition = None
+    decomposition: object = None    # decomposition.Decomposition (plot.py fills it in)
 
     @property
     def reference_k(self):
@@ -208,6 +174,7 @@ class Study:
     dataset_stats: dict = None
     order_known: bool = False
     n_boot: int = 0
+    unseen: object = None           # generalisation.Unseen: research question 3
 
 
 # -----------------------------------------------------------------------------
@@ -229,13 +196,20 @@ def stack_view(cell, categories, kind="model"):
     return values, np.concatenate(docs)
 
 
-def view_categories(view, cell, first, top5):
+def held_out(runs):
+    """Components every run was scored on and none trained on, in the runs' evaluation order."""
+    scored = [c for c in runs[0].eval["categories"] if all(c in r.eval["categories"] for r in runs)]
+    trained = {c for r in runs for c in r.components}
+    return [c for c in scored if c not in trained]
+
+
+def view_categories(view, cell, first, top5, unseen):
+    """A view's categories for one K's runs: the first component, the runs' own components, the
+    top five, or the components no run of the experiment trained on (the same for every K)."""
     evaluated = [c for c in cell[0].eval["categories"] if all(c in r.eval["categories"] for r in cell)]
-    mixed = {c for r in cell for c in r.components}
     chosen = {"first": [first] if first else [],
               "own": [c for c in cell[0].components if all(c in r.components for r in cell)],
-              "top5": list(top5),
-              "unseen": [c for c in evaluated if c not in mixed]}[view]
+              "top5": list(top5), "unseen": list(unseen)}[view]
     return [c for c in chosen if c in evaluated]
 
 
@@ -288,7 +262,8 @@ def by_k(runs):
 
 def analyse_view(view, cells, first, top5, n_boot, boot_seed):
     """One view's cells, trend test and ln K fit, and the cells' DocumentMeans (for the power law)."""
-    summaries = {k: summarise_cell(k, cell, view_categories(view, cell, first, top5))
+    unseen = held_out([r for cell in cells.values() for r in cell])
+    summaries = {k: summarise_cell(k, cell, view_categories(view, cell, first, top5, unseen))
                  for k, cell in cells.items()}
     found = {k: s for k, (s, _) in summaries.items() if s is not None}
     if not found:
@@ -329,19 +304,7 @@ def analyse(experiment, first, top5, n_boot, boot_seed):
         replicates = run_level_replicates([column(m, 2) for m in first_means], late_runs, n_boot, boot_seed)
         a.power_law = fit_power_law([k for k, s in first_view.items() for _ in s.run_xe_late], late_runs,
                                     replicates)
-    a.decomposition = decompose(first, per_window, losses, by_k(experiment.controls), docs)
-    if a.decomposition is not None:
-        a.decomposition.learner_alpha = learner_alphas(experiment.runs + experiment.controls)
     return a
-
-
-def learner_alphas(runs):
-    """Each chain's Dirichlet prior fitted to a run's own counts (eval.json), as a range over runs."""
-    fitted = {}
-    for r in runs:
-        for chain, alpha in r.eval.get("learner_alpha", {}).items():
-            fitted.setdefault(chain, []).append(alpha)
-    return {chain: (min(a), max(a)) for chain, a in sorted(fitted.items())}
 
 
 def first_curves(losses, docs, n_boot, boot_seed):
@@ -393,60 +356,6 @@ def paired_contrasts(per_window, cells, docs):
             # the family's adjusted p-values lean on every member: say when one of them rests on one seed
             c.holm_single_seed = any(f.difference.covers != "seeds and documents" for f in family)
     return contrasts
-
-
-# -----------------------------------------------------------------------------
-# decomposition of the K effect on the first component (issue 9)
-
-def mixing_minus_scarcity(mix, ctrl, ref):
-    """(mix - ctrl) - (ctrl - ref) = mix + ref - 2 ctrl: is one part larger than the other?"""
-    v = crossed_variance([(mix.means, 1.0), (ref.means, 1.0), (2 * ctrl.means, -1.0)], mix.weights)
-    return t_interval(v["estimate"], v["variance"], v["df"], v["covers"])
-
-
-def decompose(first, per_window, losses, controls, docs):
-    """
-    Per K >= 2 and metric: the total excess over K = 1, its data-scarcity part (the control of K
-    against K = 1) and its mixing part (the K-mixture against its control); on synthetic data the
-    K-mixture runs against their learner references. Controls count only on the first component.
-    """
-    if 1 not in per_window:
-        return None
-    ctrl = {}
-    for k, cell in controls.items():
-        values = stack_view(cell, [first])[0]
-        if values is not None and all(r.components == [first] for r in cell):
-            ctrl[k] = document_means(window_stats(values), docs)
-    result = Decomposition(first, [], sorted(k for k in ctrl if k in per_window))
-    for k in [k for k in per_window if k >= 2]:
-        total = difference_interval(per_window[k], per_window[1])
-        if k not in ctrl:
-            result.parts += [Parts(k, m, Interval.of(total, i), n_seeds=(len(per_window[k].means), 0,
-                                                                          len(per_window[1].means)))
-                             for i, m in enumerate(METRICS)]
-            continue
-        scarcity = difference_interval(ctrl[k], per_window[1])
-        mixing = difference_interval(per_window[k], ctrl[k])
-        versus = mixing_minus_scarcity(per_window[k], ctrl[k], per_window[1])
-        seeds = tuple(len(x.means) for x in (per_window[k], ctrl[k], per_window[1]))
-        result.parts += [Parts(k, m, Interval.of(total, i), Interval.of(scarcity, i), Interval.of(mixing, i),
-                               Interval.of(versus, i), seeds) for i, m in enumerate(METRICS)]
-    if all(losses[kind][k] is not None for kind in ("model",) + REFERENCES for k in per_window):
-        for k in per_window:
-            result.ideal += ideal_parts(k, {kind: losses[kind][k] for kind in ("model",) + REFERENCES}, docs)
-            bayes_area = (losses["bayes"][k].astype(np.float64) - losses["oracle"][k]).sum(-1)   # per window
-            result.bayes_area[k] = Interval.of(crossed_mean(bayes_area, docs))
-    return result
-
-
-def ideal_parts(k, arrays, docs):
-    """The K-mixture runs' excess over the oracle, split by their learner references, per metric."""
-    def part(a, b):
-        return crossed_mean(window_stats(arrays[a].astype(np.float64) - arrays[b]), docs)
-    excess, scarcity = part("model", "oracle"), part("learner1", "oracle")
-    identification, inefficiency = part("learner", "learner1"), part("model", "learner")
-    return [IdealParts(k, m, *(Interval.of(x, i) for x in (excess, scarcity, identification, inefficiency)))
-            for i, m in enumerate(METRICS)]
 
 
 # -----------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def cpu_estimate(cfg):
     from model import GPT, GPTConfig
     stats = os.path.join(cfg.data_dir, "stats.json")
     budget = read_json(stats)["default_budget"] if os.path.exists(stats) else 50_000_000
-    arms = ("mixture", "steps-matched control") if cfg.controls else ("mixture",)
+    arms = tuple(SWEEP_ARMS) if cfg.controls else ("mixture",)
     shares = run_shares(cfg.ks, len(cfg.seeds), arms)
     flops, epochs = 0.0, 4
     for size in cfg.sizes:

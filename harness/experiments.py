@@ -2,7 +2,7 @@
 The runs a report is made of: evaluated run folders read into Run records (or the reason each is
 left out), grouped into experiments (runs that share every setting that changes their numbers
 except seed and K, and the data and code: runs.experiment_identity), the one the report is about
-chosen, how the others differ from it, the budget and control checks, and results.csv's rows.
+chosen, how the others differ from it, the budget and arm checks, and results.csv's rows.
 analysis.py computes the statistics of an experiment's runs.
 """
 import os
@@ -14,7 +14,7 @@ import numpy as np
 from configurator import UserError
 from harness.data import POSITION_RANGES, positions
 from harness.runs import (DEFAULT_CONFIGS, TRAINING_CODE, code_fingerprint, experiment_config,
-                          experiment_identity, read_json, read_log, train_defaults, trained_on)
+                          experiment_identity, read_json, read_log, run_arm, train_defaults, trained_on)
 
 REFERENCES = ("bayes", "oracle", "learner", "learner1")
 
@@ -34,10 +34,10 @@ class Run:
     log: list
     known_order: list = None        # the data's default order, for runs whose config.json predates it
 
-    k = property(lambda self: int(self.eval["k"]))              # a control: the K it mirrors
+    k = property(lambda self: int(self.eval["k"]))      # its experiment cell's K (an arm: its mixture's)
     seed = property(lambda self: self.eval["seed"])
     components = property(lambda self: list(self.eval["components"]))     # what it trained on
-    control = property(lambda self: bool(self.eval.get("control")))
+    arm = property(lambda self: self.eval.get("arm") or run_arm(self.settings))   # mixture.ARMS
     default_order = property(lambda self: self.config.get("dataset", {}).get("default_order")
                              or self.known_order)
     source = property(lambda self: self.eval["source"])
@@ -56,12 +56,16 @@ class Run:
 class Experiment:
     """Runs that share every setting that changes their numbers except seed and K (and the data)."""
     id: str
-    runs: list = field(default_factory=list)          # the K runs
-    controls: list = field(default_factory=list)      # data-matched K = 1 runs of its K-mixtures
+    runs: list = field(default_factory=list)          # the K-mixtures: the K cells
+    twins: list = field(default_factory=list)         # the other arms' runs (mixture.ARMS): never in a K cell
+
+    def arm(self, name):
+        """The runs of one arm (mixture.ARMS) of this experiment."""
+        return self.runs if name == "mixture" else [r for r in self.twins if r.arm == name]
 
     @property
     def settings(self):
-        first = (self.runs or self.controls)[0]
+        first = (self.runs or self.twins)[0]
         return experiment_config(first.settings, first.default_order)
 
 
@@ -172,16 +176,16 @@ def drop_mixed_cells(runs, skipped):
     differently (K beyond its length) keep the mixture most of them trained on; the rest are left out."""
     cells = {}
     for r in runs:
-        cells.setdefault((r.experiment, r.control, r.k), []).append(r)
+        cells.setdefault((r.experiment, r.arm, r.k), []).append(r)
     kept = list(runs)
-    for (_, control, k), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
+    for (_, arm, k), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
         mixtures = [tuple(r.components) for r in cell]
         common = max(sorted(set(mixtures)), key=mixtures.count)
         for r in cell:
             if tuple(r.components) != common:
                 kept.remove(r)
                 skipped[r.name] = (f"trained on {', '.join(r.components)}, while the other K={k}"
-                                   f"{' control' if control else ''} runs of its experiment trained on "
+                                   f"{'' if arm == 'mixture' else ' ' + arm} runs of its experiment trained on "
                                    f"{', '.join(common)}: a K cell pools one mixture")
     return kept
 
@@ -190,11 +194,11 @@ def drop_mixed_cells(runs, skipped):
 # experiments: which runs pool, and which one the report is about
 
 def group_experiments(runs):
-    """{experiment id: Experiment}; controls join their experiment, apart from its K cells."""
+    """{experiment id: Experiment}; the other arms join their experiment, apart from its K cells."""
     experiments = {}
     for r in runs:
         e = experiments.setdefault(r.experiment, Experiment(r.experiment))
-        (e.controls if r.control else e.runs).append(r)
+        (e.runs if r.arm == "mixture" else e.twins).append(r)
     return experiments
 
 
@@ -209,11 +213,11 @@ def default_experiment(run):
 
 def choose_experiment(experiments, wanted):
     """The experiment the report is about: --group=<id prefix>, else the one the current defaults
-    make, else the one with the most runs; and which rule chose it. Experiments of controls alone
+    make, else the one with the most runs; and which rule chose it. Experiments of other arms alone
     do not count."""
     groups = {e: x for e, x in experiments.items() if x.runs}
     if not groups:
-        raise UserError("only control runs are evaluated; evaluate the K runs they mirror too")
+        raise UserError("only control or tagged runs are evaluated; evaluate the K-mixtures they mirror too")
     if wanted:
         matches = [e for e in groups if e.startswith(wanted)]
         if len(matches) != 1:
@@ -230,10 +234,10 @@ def differences(main, other):
     """How `other` differs from `main`: every experiment setting with another value, and the data."""
     a, b = main.settings, other.settings
     found = [Difference(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    codes = [(x.runs or x.controls)[0].config.get("code", {}).get("modules") for x in (main, other)]
+    codes = [(x.runs or x.twins)[0].config.get("code", {}).get("modules") for x in (main, other)]
     if codes[0] != codes[1]:
         found.append(Difference("code", *(code_summary(c, codes[1 - i]) for i, c in enumerate(codes))))
-    data = [(x.runs or x.controls)[0].config["dataset"] for x in (main, other)]
+    data = [(x.runs or x.twins)[0].config["dataset"] for x in (main, other)]
     if data[0].get("fingerprint") != data[1].get("fingerprint"):
         found.append(Difference("data", f"{data[0].get('name')} ({str(data[0].get('fingerprint'))[:8]})",
                                 f"{data[1].get('name')} ({str(data[1].get('fingerprint'))[:8]})"))
@@ -285,7 +289,7 @@ def first_component(runs, order):
 
 
 # -----------------------------------------------------------------------------
-# checks: budgets, controls; and the results table
+# checks: budgets, the arms against their mixtures; and the results table
 
 @dataclass
 class BudgetCheck:
@@ -301,21 +305,25 @@ class BudgetCheck:
 
 
 @dataclass
-class ControlCheck:
-    """A control against its mixture run (same K and seed): steps equal up to rounding, same share."""
+class ArmCheck:
+    """A run of another arm against the mixture it mirrors (same K and seed): the steps it should
+    take (mixture.ARMS: the mixture's, or 1/K of them, up to one per epoch of rounding; a tagged
+    mixture exactly the mixture's) and the same first-component tokens (a tagged mixture: all)."""
     k: int
     seed: object
-    control: str
+    arm: str
+    run: str
     mixture: str = None
-    steps: tuple = (None, None)         # (control, mixture)
-    tokens: tuple = (None, None)        # trained, (control, mixture)
-    share: tuple = (None, None)         # the first component's unique tokens (control, mixture)
-    tolerance: int = 0                  # steps may differ by one per epoch of the control
+    steps: tuple = (None, None)         # (this run, the mixture)
+    expected_steps: float = None
+    tokens: tuple = (None, None)        # trained, (this run, the mixture)
+    share: tuple = (None, None)         # the unique tokens it shares with the mixture (this run, mixture)
+    tolerance: int = 0
 
     @property
     def ok(self):
-        c, m = self.steps
-        return self.mixture is not None and abs(c - m) <= self.tolerance and self.share[0] == self.share[1]
+        return (self.mixture is not None and abs(self.steps[0] - self.expected_steps) <= self.tolerance
+                and self.share[0] == self.share[1])
 
 
 def budget_check(runs):
@@ -338,19 +346,21 @@ def budget_check(runs):
                        None if problems else next(iter(trained.values())))
 
 
-def control_checks(experiment):
-    """Each control against the mixture run it mirrors (same K and seed): steps, tokens, share."""
+def arm_checks(experiment):
+    """Each run of another arm against the mixture it mirrors (same K and seed): steps, tokens, share."""
     mixtures = {(r.k, str(r.seed)): r for r in experiment.runs}
     checks = []
-    for c in experiment.controls:
-        first = c.components[0]
+    for c in experiment.twins:
         epochs = int(c.config.get("schedule", {}).get("epochs", 0))
-        check = ControlCheck(c.k, c.seed, c.name, tolerance=epochs)
+        check = ArmCheck(c.k, c.seed, c.arm, c.name, tolerance=0 if c.arm == "tagged" else epochs)
         m = mixtures.get((c.k, str(c.seed)))
         if m is not None:
+            tokens = [trained_on(x.config).get("tokens", {}) for x in (c, m)]
             check.mixture, check.steps = m.name, (c.done["steps"], m.done["steps"])
+            check.expected_steps = m.done["steps"] / (c.k if c.arm == "exposure" else 1)
             check.tokens = (c.done["tokens"], m.done["tokens"])
-            check.share = tuple(trained_on(x.config).get("tokens", {}).get(first) for x in (c, m))
+            check.share = ((tokens[0], tokens[1]) if c.arm == "tagged" else
+                           tuple(t.get(c.components[0]) for t in tokens))
         checks.append(check)
     return checks
 
@@ -362,7 +372,7 @@ def results_rows(runs):
         ev = r.eval
         for cat, c in ev["categories"].items():
             row = {"run": r.name, "experiment": r.experiment, "dataset": ev["dataset"],
-                   "source": ev["source"], "K": r.k, "control": r.control,
+                   "source": ev["source"], "K": r.k, "arm": r.arm,
                    "components": "+".join(r.components), "seed": r.seed, "model_size": ev["model_size"],
                    "n_params": ev["n_params"], "token_budget": ev["token_budget"], "category": cat,
                    "in_mixture": c["in_mixture"], "n_windows": c["n_windows"]}

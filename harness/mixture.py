@@ -1,6 +1,6 @@
 """
 What a run trains on, and in which order: the K-mixture a config names (budget/K tokens of each
-component, as a seeded random subset of whole documents), a control run's share of it, every
+component, as a seeded random subset of whole documents), each arm's share of it, every
 epoch's windows (a fresh random phase per document, shuffled across components, every token a
 target exactly once), the step plan that gives every K the same steps on the same tokens, and
 the windows of a step as tensors on the training device (WindowSource). train.py trains on it;
@@ -129,22 +129,36 @@ def resolve_mixture(dataset, cfg):
     return names, [int(q) for q in quotas], [float(w) for w in weights]
 
 
+# The arms of the experiment (train.py's `arm`): for every K >= 2, beside the K-mixture, three runs
+# on its first component (the one in every mixture) that split the K effect into its causes
+ARMS = {
+    "mixture": "the K-mixture, `epochs` passes",
+    "control": "steps-matched control: K = 1 on the first component's share of the mixture, epochs x K "
+               "passes (the mixture's optimizer steps)",
+    "exposure": "exposure-matched control: K = 1 on that share for `epochs` passes (the mixture's passes "
+                "per token; 1/K of its steps)",
+    "tagged": "tagged mixture: the mixture's data and steps, the model told each window's component",
+}
+
+
 def training_share(dataset, cfg):
     """
-    What a run trains on: (components, quotas, weights, epochs). A main run trains on its
-    K-mixture for `epochs` passes. A control run (control=True) is the data-matched K = 1 twin of
-    that mixture: its first component's exact quota (the same seed draws the same documents, so
-    the same tokens), for epochs x K passes, so it takes the mixture's number of optimizer steps
-    (up to the rounding of the steps per epoch). Its XE against K = 1 is the cost of having less
-    data; the mixture's XE against it, the cost of mixing.
+    What a run trains on: (components, quotas, weights, epochs), by its arm (ARMS). A mixture (and
+    its tagged twin) trains on its K-mixture for `epochs` passes. The controls train on the
+    mixture's first component's exact quota (the same seed draws the same documents, so the same
+    tokens): the steps-matched one for epochs x K passes (the mixture's optimizer steps, up to the
+    rounding of the steps per epoch), the exposure-matched one for `epochs` passes (as often as the
+    mixture sees each of its tokens).
     """
     names, quotas, weights = resolve_mixture(dataset, cfg)
-    if cfg.control:
-        if len(names) < 2:
-            raise UserError("control=True mirrors a mixture of K >= 2 components; use --k=2 or more")
-        names, quotas, weights, epochs = names[:1], quotas[:1], [1.0], cfg.epochs * len(names)
-    else:
-        epochs = cfg.epochs
+    if cfg.arm not in ARMS:
+        raise UserError(f"arm={cfg.arm!r}: use one of {', '.join(ARMS)}")
+    epochs = cfg.epochs
+    if cfg.arm in ("control", "exposure", "tagged") and len(names) < 2:
+        raise UserError(f"arm={cfg.arm} is a twin of a mixture of K >= 2 components; use --k=2 or more")
+    if cfg.arm in ("control", "exposure"):
+        epochs = cfg.epochs * len(names) if cfg.arm == "control" else cfg.epochs
+        names, quotas, weights = names[:1], quotas[:1], [1.0]
     if min(quotas) < cfg.batch_size * BLOCK:
         raise UserError(f"token_budget={sum(quotas):,} gives {names[0]} {min(quotas):,} tokens, less "
                         f"than one step of batch_size x {BLOCK} = {cfg.batch_size * BLOCK:,} targets; "
@@ -226,18 +240,22 @@ class WindowSource:
             self.tokens = tokens
 
     def step_batch(self, plan, seed, step, rank):
-        """A global step's (x, y) for this rank, with the whole step's n_targets and components
-        (every rank counts every row's tokens) and its epoch."""
+        """A global step's (x, y, tags) for this rank, tags each row's component (0 for padding),
+        with the whole step's n_targets and components (every rank counts every row's tokens) and
+        its epoch."""
         starts, n_targets, comp, epoch = plan.step(seed, step)
         if not self.on_device:
-            return (*self.batch(*plan.for_rank((starts, n_targets), rank)), n_targets, comp, epoch)
+            mine = plan.for_rank((starts, n_targets, comp), rank)
+            tags = torch.from_numpy(np.maximum(mine[2], 0)).to(self.device)
+            return (*self.batch(*mine[:2]), tags, n_targets, comp, epoch)
         if self.epoch != (seed, epoch):
             table = plan.epoch_table(seed, epoch)
             self.plan_on_device = [torch.from_numpy(np.ascontiguousarray(a[:, rank::plan.world])).to(self.device)
-                                   for a in table[:2]]
+                                   for a in (table[0], table[1], np.maximum(table[2], 0))]
             self.epoch = (seed, epoch)
         j = step % plan.steps_per_epoch
-        return (*self.gather(self.plan_on_device[0][j], self.plan_on_device[1][j]), n_targets, comp, epoch)
+        starts_j, n_targets_j, tags_j = (a[j] for a in self.plan_on_device)
+        return (*self.gather(starts_j, n_targets_j), tags_j, n_targets, comp, epoch)
 
     def batch(self, starts, n_targets):
         """(x, y) of windows given as numpy arrays."""

@@ -28,6 +28,9 @@ They differ only in what a hypothesis knows:
 
 With enough counts the learner's q_c tends to P_c and the learner tends to bayes, learner1 to the
 oracle; on average over windows oracle <= learner1 <= learner.
+
+- context: for a chain outside a run's training (unseen), the learner with no counts at all: the
+  window's own transitions under the model class's prior (in_context_losses).
 """
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -107,27 +110,39 @@ def dirichlet_evidence(counts, alphas):
             + (gammaln(a + cells) - gammaln(a)).sum(-1))
 
 
-def fit_alpha(counts, lo=1e-4, hi=1e4):
+def _maximise_in_log(evidence, lo=1e-4, hi=1e4):
+    """The a in [lo, hi] maximising evidence(a): a coarse grid in ln a (vectorised; robust to a
+    flat or multimodal evidence), then bounded Brent between the best grid point's neighbours."""
+    grid = np.linspace(np.log(lo), np.log(hi), 81)
+    best = int(np.argmax(evidence(np.exp(grid))))
+    bounds = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    result = minimize_scalar(lambda s: -evidence(np.exp(s)), bounds=bounds, method="bounded",
+                             options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def fit_alpha(counts):
     """
-    One symmetric Dirichlet concentration per chain, maximising dirichlet_evidence in ln a:
-    a coarse grid over [lo, hi] (vectorised; robust to a flat or multimodal evidence), then
-    bounded Brent between the best grid point's neighbours. counts: (M, V, V) or (V, V).
-    Returns (M,) float64, (1,) for a single chain. A chain without any counts has no evidence
-    about a: ValueError.
+    One symmetric Dirichlet concentration per chain, maximising dirichlet_evidence in ln a.
+    counts: (M, V, V) or (V, V). Returns (M,) float64, (1,) for a single chain. A chain without
+    any counts has no evidence about a: ValueError.
     """
     counts = np.asarray(counts)
-    single = counts.ndim == 2
-    grid = np.linspace(np.log(lo), np.log(hi), 81)
     fitted = []
-    for c, chain in enumerate(counts[None] if single else counts):
+    for c, chain in enumerate(counts[None] if counts.ndim == 2 else counts):
         if chain.sum() == 0:
             raise ValueError(f"chain {c} has no transition counts: its concentration cannot be fitted")
-        best = int(np.argmax(dirichlet_evidence(chain, np.exp(grid))))
-        bounds = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-        result = minimize_scalar(lambda s: -dirichlet_evidence(chain, np.exp(s)),
-                                 bounds=bounds, method="bounded", options={"xatol": 1e-6})
-        fitted.append(float(np.exp(result.x)))
+        fitted.append(_maximise_in_log(lambda a, chain=chain: dirichlet_evidence(chain, a)))
     return np.array(fitted)
+
+
+def fit_shared_alpha(counts):
+    """One concentration for every chain of counts (M, V, V): the prior of the model class that
+    these chains are draws of, by maximum marginal likelihood of all their rows together."""
+    counts = np.asarray(counts)
+    if counts.sum() == 0:
+        raise ValueError("no transition counts: the shared concentration cannot be fitted")
+    return _maximise_in_log(lambda a: sum(dirichlet_evidence(chain, a) for chain in counts))
 
 
 def stationary_distribution(transition):
@@ -186,3 +201,14 @@ def learner_losses(windows, counts, alphas, prior):
 def learner1_losses(windows, counts, alpha):
     """The learner told the window's chain: one hypothesis, counts (V, V), concentration alpha."""
     return learner_losses(windows, np.asarray(counts)[None], [alpha], [1.0])
+
+
+def in_context_losses(windows, vocab, alpha):
+    """
+    The in-context learner of a chain it has never seen: it knows the model class (first-order
+    chains, a symmetric Dirichlet(alpha) prior on every row, alpha fitted on the training chains:
+    fit_shared_alpha) but has no counts, only the window's own transitions, so
+    p(x_t | x_<t) = (w[i, j] + alpha) / (w[i].sum() + V alpha), i = x_{t-1}, j = x_t. The ideal
+    of learning a new chain in context: a reference, not a bound (uniform at t = 1: ln V).
+    """
+    return learner_losses(windows, np.zeros((1, vocab, vocab)), [alpha], [1.0])

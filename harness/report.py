@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 
 from harness.analysis import VIEWS, Interval
+from harness.claims import conclusion_lines
+from harness.decomposition import PART_LABELS, PARTS
 from harness.data import POSITION_RANGES, range_label
 from harness.stats import SCOPES
 from harness.laws import POSITION_C_BOUNDS, law_explanation, position_law, power_law
@@ -162,7 +164,7 @@ def experiments_section(s):
              "runs.code_fingerprint); runs of different experiments never pool. This "
              f"report is about `{s.main.id[:12]}` ({CHOICE[s.choice]}; `--group=<id prefix>` picks "
              "another). Every run of every experiment is in results.csv (column `experiment`).", "",
-             f"| experiment | runs per K | controls per K | differs from `{s.main.id[:8]}` in | first "
+             f"| experiment | runs per K | other arms per K | differs from `{s.main.id[:8]}` in | first "
              "component XE mean per K |", "|---|---|---|---|---|"]
     for other in s.experiments:
         x = other.experiment
@@ -171,9 +173,9 @@ def experiments_section(s):
         if other.budget is not None and not other.budget.ok:
             diff += " **(budget check failed)**"
         xe = ", ".join(f"K={k}: {number(c.xe_mean.value)}" for k, c in other.first_cells.items()) or "n/a"
-        lines.append(f"| `{x.id[:12]}` | {runs_per_k(x.runs)} | {runs_per_k(x.controls)} | {diff} | {xe} |")
+        lines.append(f"| `{x.id[:12]}` | {runs_per_k(x.runs)} | {runs_per_k(x.twins)} | {diff} | {xe} |")
     unknown = [other.experiment.id[:12] for other in s.experiments
-               if (other.experiment.runs or other.experiment.controls)[0].code is None]
+               if (other.experiment.runs or other.experiment.twins)[0].code is None]
     if unknown:
         lines += ["", f"Code unknown: {', '.join(f'`{e}`' for e in unknown)} holds runs recorded before the code "
                       "entered a run's identity; they form their own experiment, never pooled with runs "
@@ -192,81 +194,55 @@ def budget_section(s):
         lines += [f"  - **{p}**" for p in check.problems]
     if not s.controls:
         return lines + [""]
-    lines += ["", "Controls are their own family: each must take the steps of the K-mixture run it mirrors "
-              "(same K and seed; up to one step per epoch of rounding) on exactly the first component's "
-              "share of that mixture.", "",
-              "| K | seed | control | steps (control / mixture) | tokens trained (control / mixture) | first "
-              "component's tokens (control / mixture) | check |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "The other arms are their own families: each mirrors the K-mixture run of its K and seed, on "
+              "exactly that mixture's tokens of the first component (a tagged mixture: all of its tokens), in "
+              "the mixture's steps (the steps-matched control, up to one per epoch of rounding; the tagged "
+              "mixture, exactly) or 1/K of them (the exposure-matched control, up to one per epoch).", "",
+              "| K | seed | arm | run | steps (run / mixture) | expected | tokens trained (run / mixture) | "
+              "check |", "|---|---|---|---|---|---|---|---|"]
     for c in s.controls:
         pair = lambda x: " / ".join("?" if v is None else f"{v:,}" for v in x)    # noqa: E731
         verdict = "ok" if c.ok else ("**no mixture run**" if c.mixture is None else "**MISMATCH**")
-        lines.append(f"| {c.k} | {c.seed} | `{c.control}` | {pair(c.steps)} | {pair(c.tokens)} | "
-                     f"{pair(c.share)} | {verdict} |")
+        expected = "?" if c.expected_steps is None else f"{c.expected_steps:,.1f} ± {c.tolerance}"
+        lines.append(f"| {c.k} | {c.seed} | {c.arm} | `{c.run}` | {pair(c.steps)} | {expected} | "
+                     f"{pair(c.tokens)} | {verdict} |")
     return lines + [""]
 
 
 # -----------------------------------------------------------------------------
-# the conclusion: sentences built from the decomposition's numbers
-
-def larger_part(p):
-    """'mixing' or 'data scarcity' where the interval of mixing - scarcity excludes 0, else None."""
-    d = p.mixing_minus_scarcity
-    if d is None or not d.separated_from_zero:
-        return None
-    return "mixing" if d.value > 0 else "data scarcity"
-
-
-def split_clause(p):
-    values = f"mixing {fmt(p.mixing, 4)}, data scarcity {fmt(p.scarcity, 4)}"
-    d, larger = p.mixing_minus_scarcity, larger_part(p)
-    if larger is None:
-        why = "no interval for their difference" if d.covers == "n/a" else \
-            f"mixing - scarcity {fmt(d, 4)} includes 0"
-        return f"the intervals do not separate the two parts ({values}; {why})"
-    return f"{larger} is the larger part ({values}; mixing - scarcity {fmt(d, 4)})"
-
-
-def k_sentence(parts):
-    """One K's line: the total and which part is larger, on mean XE, then early and late."""
-    mean = parts[0]
-    total = f"total excess over K=1 {fmt(mean.total, 4)}"
-    if mean.total.covers != "n/a" and not mean.total.separated_from_zero:
-        total += ", its interval includes 0"
-    if mean.scarcity is None:
-        return (f"K={mean.k}, {METRIC_LABELS[mean.metric]}: {total}; no control run, so it is not split ("
-                + ", ".join(f"{METRIC_LABELS[p.metric]}: {fmt(p.total, 4)}" for p in parts[1:]) + ").")
-    return f"K={mean.k}, {METRIC_LABELS[mean.metric]}: {total}; {split_clause(mean)}. " + " ".join(
-        f"{METRIC_LABELS[p.metric].capitalize()}: {split_clause(p)}." for p in parts[1:])
-
-
-def learner_sentence(d, i):
-    """On synthetic data: how far the model is from the learner, and the learner's own costs."""
-    text = (f"K={i.k}, mean over t: the model's distance to the learner (model - learner) is "
-            f"{fmt(i.inefficiency, 4)}; the learner pays {fmt(i.scarcity, 4)} for data scarcity (learner1 - "
-            f"oracle)")
-    if i.k == 1:
-        return text + "."
-    area, bound = d.bayes_area[i.k], math.log(i.k)
-    return (text + f" and {fmt(i.identification, 4)} for identification (learner - learner1); the Bayes "
-            f"identification area is {fmt(area)} nats, {'within' if area.value <= bound else 'above'} "
-            f"ln K = {bound:.3f}.")
-
+# the conclusion: claims.py decides what the numbers establish
 
 def conclusion(s):
     d = s.analysis.decomposition
     lines = ["## Conclusion", ""]
     if d is None or not d.parts:
         return lines + ["No decomposition: it needs K = 1 and K >= 2 runs sharing a component.", ""]
-    lines += [f"*Generated from the numbers of the decomposition section below, on `{d.first}`; 95% "
-              "intervals in brackets, nats.*", ""]
-    if not d.control_ks:
-        lines += ["No control runs in this experiment: the K effect is not split into data scarcity and "
-                  "mixing (`bash sweep.sh` trains them unless CONTROLS=0).", ""]
-    ks = list(dict.fromkeys(p.k for p in d.parts))
-    lines += [f"- {k_sentence([p for p in d.parts if p.k == k])}" for k in ks]
-    if d.ideal:
-        lines += [""] + [f"- {learner_sentence(d, i)}" for i in d.ideal if i.metric == "xe_mean"]
+    lines += [f"*The K effect on `{d.first}` (the component in every mixture), split cause by cause (section "
+              "Decomposition below); generated from its numbers, and only what its Holm-adjusted intervals "
+              "establish.*", ""]
+    if not any(d.arms.values()):
+        lines += ["Only the K-mixtures ran (CONTROLS=0): the K effect is not split.", ""]
+    table, claims = conclusion_lines(d, fmt)
+    lines += table
+    if d.learner:
+        lines += [""] + [f"- {learner_sentence(d, i)}" for i in d.learner if i.metric == "xe_mean"]
     return lines + [""]
+
+
+def learner_sentence(d, i):
+    """On synthetic data: the network's identification against the ideal learner's."""
+    net = next((p.parts.get("identification") for p in d.parts if p.k == i.k and p.metric == i.metric), None)
+    text = (f"K={i.k}: the ideal learner pays {fmt(i.scarcity, 4)} for data scarcity (learner1(K) - learner1(1)) "
+            f"and {fmt(i.identification, 4)} for identification (learner - learner1)")
+    if net is not None:
+        text += f"; the network's identification (mixture - tagged) is {fmt(net, 4)}"
+        if not math.isnan(i.ratio):
+            text += f", {i.ratio:.1f} times the ideal"
+    area, bound = d.bayes_area.get(i.k), math.log(i.k)
+    if area is not None:
+        text += (f". The Bayes identification area is {fmt(area)} nats, "
+                 f"{'within' if area.value <= bound else 'above'} ln K = {bound:.3f} (a bound in expectation)")
+    return text + "."
 
 
 # -----------------------------------------------------------------------------
@@ -347,52 +323,61 @@ def positions_body(s):
 
 def decomposition_caption(s):
     d = s.analysis.decomposition
-    learner = ("; bottom: the K-mixture runs' excess over the oracle split by the learner references into "
-               "data scarcity (learner1 - oracle), identification (learner - learner1) and model "
-               "inefficiency (model - learner).")
-    return (f"The K effect on `{d.first}` for mean, early and late XE (95% CIs). Top: the model's total "
-            "excess over K=1 split into data scarcity (control of K - K=1) and mixing (K-mixture - its "
-            "control)" + (learner if d.ideal else "."))
+    tagged = ("; bottom: the tagged mixture's XE(t) (the network told the component) beside learner1's "
+              "(the ideal learner told the chain)" if d.tagged_t else "")
+    return (f"The K effect on `{d.first}` for each range of positions (pointwise 95% CIs): the total excess "
+            f"over K = 1 and its four parts per K (data scarcity, compute dilution, capacity sharing, "
+            f"identification)" + tagged + ".")
 
 
 DECOMPOSITION_METHOD = (
-    "Each control of K is the K = 1 model trained on exactly the first component's share of the K-mixture "
-    "(the same documents) for the same number of optimizer steps, so XE_mix(K) - XE_1 = [XE_ctrl(K) - XE_1] "
-    "(data scarcity, for this model and optimizer) + [XE_mix(K) - XE_ctrl(K)] (mixing: identification plus "
-    "interference). Each part is a paired difference on the shared windows with the interval of the "
-    "contrasts above (each side's seeds are separate training runs); the point estimates sum exactly. "
-    "mixing - scarcity = XE_mix + XE_1 - 2 XE_ctrl, with the same interval, says whether one part is larger.")
-LEARNER_METHOD = (
-    "The ideal learner, from the K-mixture runs' own arrays (learner1 of a mixture is the learner of its "
-    "control by construction; references.py). These parts are against the oracle, not against K = 1: "
-    "model - oracle = data scarcity + identification + model inefficiency, exactly.")
+    "Beside each K-mixture (and seed) three runs on the first component split the K effect: the "
+    "steps-matched control C_S (K = 1 on the mixture's exact share of the component, the mixture's "
+    "optimizer steps), the exposure-matched control C_E (the same share, the mixture's passes per token: "
+    "1/K of its steps) and the tagged mixture T (the mixture's data and steps, the model told each window's "
+    "component by a learned vector per component added at every position; scored with the true "
+    "component). XE_M(K) - XE_1 = scarcity (C_S - XE_1) + dilution (C_E - C_S) + sharing (T - C_E; below 0 "
+    "means transfer) + identification (M - T). Each part is the paired difference of its two arms on the "
+    "shared windows with the crossed interval; every arm enters over the seeds that have all of them, so "
+    "the parts sum to the total exactly. These intervals are pointwise (each at 95%); the conclusion's are "
+    "Holm-adjusted.")
 
 
 def decomposition_body(s):
     d = s.analysis.decomposition
     lines = [DECOMPOSITION_METHOD, ""]
-    if not d.control_ks:
-        lines += ["No control runs in this experiment: only the total is shown.", ""]
-    lines += ["| K | metric | total XE_mix - XE_1 | data scarcity XE_ctrl - XE_1 | mixing XE_mix - XE_ctrl | "
-              "mixing - scarcity | seeds (mix / ctrl / K=1) |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {p.k} | {p.metric} | {fmt(p.total, 4)} | {fmt(p.scarcity, 4)} | {fmt(p.mixing, 4)} | "
-              f"{fmt(p.mixing_minus_scarcity, 4)} | {' / '.join(map(str, p.n_seeds))} |" for p in d.parts]
-    notes = scope_notes([x for p in d.parts for x in (p.total, p.scarcity, p.mixing)])
+    names = list(PARTS)
+    lines += ["| K | range | total M - K=1 | " + " | ".join(f"{PART_LABELS[n]}" for n in names) + " | seeds |",
+              "|---" * (4 + len(names)) + "|"]
+    for p in d.parts:
+        cells = " | ".join(fmt(p.parts[n], 4) if n in p.parts else "—" for n in names)
+        lines.append(f"| {p.k} | {METRIC_LABELS[p.metric]} | {fmt(p.total, 4)} | {cells} | {len(p.seeds)} |")
+    notes = scope_notes([x for p in d.parts for x in [p.total, *p.parts.values()]])
     lines += [""] + notes if notes else []
-    if not d.ideal:
-        return lines
-    lines += ["", LEARNER_METHOD, "",
-              "| K | metric | model - oracle | data scarcity learner1 - oracle | identification learner - "
-              "learner1 | model inefficiency model - learner |", "|---|---|---|---|---|---|"]
-    lines += [f"| {i.k} | {i.metric} | {fmt(i.excess, 4)} | {fmt(i.scarcity, 4)} | "
-              f"{fmt(i.identification, 4)} | {fmt(i.inefficiency, 4)} |" for i in d.ideal]
+    left = sorted({f"K={p.k} {arm}: seed {', '.join(map(str, seeds))}" for p in d.parts
+                   for arm, seeds in p.left_out.items()})
+    if left:
+        lines += ["", "Left out of every part (a seed without every arm of its K): " + "; ".join(left) + "."]
+    if d.learner:
+        lines += ["", "The ideal learner from the same baseline (synthetic data; no dilution or sharing: it has "
+                  "neither steps nor a network): scarcity learner1(K) - learner1(1), identification learner(K) - "
+                  "learner1(K); the network's identification (M - T) beside it, and their ratio where the "
+                  "ideal's interval excludes 0.", "",
+                  "| K | range | learner scarcity | learner identification | network identification | ratio |",
+                  "|---|---|---|---|---|---|"]
+        network = {(p.k, p.metric): p.parts.get("identification") for p in d.parts}
+        for i in d.learner:
+            net = network.get((i.k, i.metric))
+            ratio = "—" if math.isnan(i.ratio) else f"{i.ratio:.2f}"
+            lines.append(f"| {i.k} | {METRIC_LABELS[i.metric]} | {fmt(i.scarcity, 4)} | "
+                         f"{fmt(i.identification, 4)} | {fmt(net, 4) if net else '—'} | {ratio} |")
     if d.learner_alpha:
         lines += ["", "The learner's Dirichlet(alpha) prior, fitted per chain to each run's own transition "
                   "counts by maximum marginal likelihood (lowest to highest over the runs): "
                   + "; ".join(f"{c} {lo:.3g}" + (f"-{hi:.3g}" if hi > lo else "")
                               for c, (lo, hi) in d.learner_alpha.items()) + "."]
     areas = [f"K={k}: {fmt(x)} (ln K = {math.log(k):.3f})" for k, x in d.bayes_area.items() if k > 1]
-    return lines + ["", "Bayes identification area sum_t [bayes(t) - oracle(t)] (at most ln K): "
+    return lines + ["", "Bayes identification area sum_t [bayes(t) - oracle(t)] (at most ln K in expectation): "
                     + "; ".join(areas) + "."] if areas else lines
 
 
@@ -423,6 +408,47 @@ def size_body(s):
             f"{r.n_windows} windows)" for r in s.sizes]
 
 
+def unseen_caption(s):
+    u = s.unseen
+    return (f"Mean XE on the components no run of this experiment trained on ({', '.join(u.categories)}; the "
+            f"same windows at every K) against K, with 95% CIs" +
+            (": the network against the in-context learner, which knows the model class (first-order chains "
+             "under a Dirichlet prior fitted once per dataset) but only the window's own transitions, the "
+             "ideal of learning a new chain in context; dotted, the uniform predictor (ln V)."
+             if u.uniform is not None else "."))
+
+
+def unseen_body(s):
+    u = s.unseen
+    lines = ["| K | seeds | model | in-context learner | model - learner | change since K = "
+             f"{u.rows[0].k} (Holm p) |", "|---|---|---|---|---|---|"]
+    for r in u.rows:
+        change = f"{fmt(r.change, 4)} ({fmt_p(r.p_holm)})" if r.change is not None else "(reference)"
+        lines.append(f"| {r.k} | {r.n_seeds} | {fmt(r.model)} | {fmt(r.context) if r.context else 'n/a'} | "
+                     f"{fmt(r.gap, 4) if r.gap else 'n/a'} | {change} |")
+    notes = scope_notes([r.model for r in u.rows] + [r.change for r in u.rows if r.change is not None])
+    lines += [""] + notes if notes else []
+    return lines + ["", unseen_sentence(u)]
+
+
+def unseen_sentence(u):
+    """Whether more training components bring the model closer on unseen ones: only what the
+    Holm-adjusted contrasts show, never more."""
+    changed = [r for r in u.rows if r.change is not None]
+    if not changed:
+        return "One K only: no contrast across K."
+    last = changed[-1]
+    settled = last.p_holm < 0.05 and last.change.covers == "seeds and documents"
+    if not settled:
+        return (f"Whether more training components help on unseen ones is not established: the change from "
+                f"K = {u.rows[0].k} to K = {last.k} is {fmt(last.change, 4)} (Holm p {fmt_p(last.p_holm)}"
+                + (", one-seed interval" if last.change.covers != "seeds and documents" else "") + ").")
+    direction = "lowers" if last.change.value < 0 else "raises"
+    return (f"Training on K = {last.k} components instead of {u.rows[0].k} {direction} XE on the unseen "
+            f"ones by {abs(last.change.value):.4f} nats (Holm p {fmt_p(last.p_holm)})" +
+            (f"; the model stays {fmt(last.gap, 4)} from the in-context learner." if last.gap else "."))
+
+
 def dataset_caption(s):
     d = s.dataset_stats
     return (f"Tokens per category and split (log scale). Default order (K = 1..5): "
@@ -448,7 +474,7 @@ SECTIONS = [
     Section("xe_vs_k", "XE against K", xe_vs_k_caption, xe_vs_k_body),
     Section("xe_position", "XE against position", positions_caption, positions_body,
             lambda s: "XE against position: it needs a component in every mixture."),
-    Section("decomposition", "Decomposition: data scarcity and mixing", decomposition_caption,
+    Section("decomposition", "Decomposition: scarcity, dilution, sharing, identification", decomposition_caption,
             decomposition_body,
             lambda s: "Decomposition: it needs K = 1 and K >= 2 runs with a component in every mixture."),
     Section("excess_area", "Excess area against ln K", area_caption, area_body,
@@ -456,6 +482,9 @@ SECTIONS = [
                       "least two values of K."),
     Section("late_power_law", "Late-position XE against K", late_caption,
             lambda s: [power_law_line(s.analysis.power_law)]),
+    Section("unseen", "Unseen components (research question 3)", unseen_caption, unseen_body,
+            lambda s: f"Unseen components: {s.unseen.reason}." if s.unseen is not None and s.unseen.reason
+            and not s.unseen.rows else None),
     Section("model_size", "XE against model size",
             lambda s: f"Mean XE on `{s.analysis.first}` against parameter count, one line per K (95% CIs).",
             size_body, lambda s: "XE against model size: only one model size ran (among the experiments that "
@@ -471,6 +500,7 @@ def document(s, images):
     """REPORT.md: introduction, conclusion, experiments, checks, a section per figure, what is left out."""
     lines = intro(s) + conclusion(s) + experiments_section(s) + budget_section(s)
     skipped = [section.missing(s) for section in SECTIONS if section.key not in images and section.missing]
+    skipped = [note for note in skipped if note]
     drawn = [section for section in SECTIONS if section.key in images]
     for n, section in enumerate(drawn, 1):
         lines += [f"## {section.title}", "", f"![{section.title}]({images[section.key]})", "",

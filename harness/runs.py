@@ -99,6 +99,12 @@ def trained_on(saved):
     return saved.get("trained_on") or saved.get("mixture") or {}
 
 
+def run_arm(config):
+    """A run's arm (harness/mixture.py ARMS) from its resolved config; runs before 2026-11-28 had
+    only the steps-matched control, as control=True."""
+    return config.get("arm") or ("control" if config.get("control") else "mixture")
+
+
 def provenance():
     here = os.path.dirname(os.path.abspath(__file__))
     def git(*args):
@@ -131,9 +137,13 @@ NOT_IDENTITY = ("run_name", "out_root", "out_dir", "data_dir", "size", "identity
                 "log_interval", "eval_interval", "val_windows", "ckpt_interval", "peak_flops",
                 "wandb_log", "wandb_project", "wandb_run_name")
 # What may differ between the runs of one experiment: its seeds, and K with the mixture K implies
-# (a control run mirrors the K-mixture of its experiment). Components and weights count only
+# (every arm mirrors the K-mixture of its experiment). Components and weights count only
 # through mixture_rule: the first K of the default order with equal weights, or an explicit mixture.
-WITHIN_EXPERIMENT = ("seed", "k", "components", "weights", "control")
+WITHIN_EXPERIMENT = ("seed", "k", "components", "weights", "arm",
+                     "control")       # before 2026-11-28 the steps-matched control was control=True
+
+
+ARM_NAMES = {"mixture": "", "control": "ctrl", "exposure": "expo", "tagged": "tag"}   # arms in run names
 
 
 def _digest(obj):
@@ -293,9 +303,9 @@ def size_label(config):
 
 
 def default_run_name(config, dataset_name, identity, size_label):
-    """Readable (dataset, K, control, size, seed) plus the identity's start, so that two runs
+    """Readable (dataset, K, arm, size, seed) plus the identity's start, so that two runs
     differing in anything else (an ablation, a changed default) never share a folder."""
-    kind = "ctrl" if config.get("control") else ""
+    kind = "ctrl" if config.get("control") else ARM_NAMES.get(config.get("arm", "mixture"), "")
     return f"{dataset_name}_k{config['k']}{kind}_{size_label}_s{config['seed']}_{identity[:8]}"
 
 

@@ -259,6 +259,38 @@ def holm(p_values):
     return adjusted
 
 
+def holm_levels(p_values, alpha=1 - LEVEL):
+    """
+    The confidence level at which Holm's step-down tests each hypothesis: the j-th smallest of m
+    p-values against alpha / (m - j) while every smaller one was rejected; from the first that is
+    not, every later one at that first one's level. So a hypothesis's interval at its level
+    excludes 0 exactly when Holm rejects it (for t tests: stats.t_interval and t_p_value).
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    levels, m = np.empty_like(p), len(p)
+    stopped = None
+    for j, i in enumerate(order):
+        if stopped is None and p[i] > alpha / (m - j):
+            stopped = j
+        levels[i] = 1 - alpha / (m - (j if stopped is None else stopped))
+    return levels
+
+
+def combination_interval(terms, weights, level=LEVEL):
+    """
+    A linear combination sum_c coef_c x cell_c of cells (DocumentMeans (S_c, D, ...) on the same
+    documents; each cell's seeds separate training runs), given as [(cell, coef)] with each cell
+    once (merge repeats first: a cell's seed term counts once, scaled by coef^2), with its crossed
+    t interval and p-value. A difference is [(a, 1), (b, -1)].
+    """
+    sides = [(coef * cell.means, 1.0) for cell, coef in terms if coef != 0]
+    v = crossed_variance(sides, weights)
+    result = t_interval(v["estimate"], v["variance"], v["df"], v["covers"], level)
+    result["p_value"] = np.asarray(t_p_value(v["estimate"], v["variance"], v["df"])).tolist()
+    return result
+
+
 def trend_test(k, y):
     """
     Linear regression of run-level XE on K (slope, 95% CI, p) and Spearman's rank correlation.

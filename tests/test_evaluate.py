@@ -55,11 +55,11 @@ def test_learner_references_are_saved_and_ordered(trained_run, tiny_synthetic):
 
 
 def test_learner1_of_a_mixture_is_the_learner_of_its_control_run(trained_run, tiny_synthetic, tmp_path):
-    """The mixture's control run (--control=True) trains on its first component's documents."""
+    """The mixture's control run (--arm=control) trains on its first component's documents."""
     config = json.load(open(os.path.join(trained_run, "config.json")))
     first = config["trained_on"]["components"][0]
     control = str(tmp_path / "control")
-    train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={control}", "--k=2", *TINY_RUN, "--control=True"])
+    train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={control}", "--k=2", *TINY_RUN, "--arm=control"])
     assert json.load(open(os.path.join(control, "config.json")))["trained_on"]["components"] == [first]
     evaluate.main([control, *EVAL])
     mix, ctrl = (np.load(os.path.join(run, "eval.npz")) for run in (trained_run, control))
@@ -200,3 +200,28 @@ def test_eval_set_from_another_dataset_or_damaged_is_drawn_again(tiny_synthetic,
     assert all(np.array_equal(again[c][0], windows[c][0]) for c in windows)
 
 
+
+
+def test_the_tagged_mixture_uses_its_tag(tiny_synthetic, tmp_path):
+    """A tagged mixture (--arm=tagged) told the wrong component predicts worse: the tag is used, not
+    ignored; it is scored with the true component, on its own components only."""
+    from model import GPT, GPTConfig, batched_losses, logits_batch
+    from harness.data import fixed_windows
+    from harness.runs import load_checkpoint
+    out = str(tmp_path / "tagged")
+    train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={out}", *TINY_RUN, "--k=2", "--arm=tagged",
+                "--epochs=8"])
+    config = json.load(open(os.path.join(out, "config.json")))
+    model = GPT(GPTConfig.from_run(config["config"], Dataset(tiny_synthetic).vocab_size))
+    model.load_state_dict(load_checkpoint(os.path.join(out, "ckpt.pt"))["model"])
+    model.eval()
+    ds, names = Dataset(tiny_synthetic), config["trained_on"]["components"]
+    autocast = torch.autocast("cpu", enabled=False)
+    for right, name in enumerate(names):
+        x, y = gather_windows(ds.tokens(name, "test"), fixed_windows(ds, name, "test", 50, seed=0)[0])
+        told = [batched_losses(model, x, y, torch.device("cpu"), logits_batch(64), autocast, tag).mean()
+                for tag in (right, 1 - right)]
+        assert told[1] > told[0] + 0.01, (name, told)
+    evaluate.main([out, *EVAL])
+    result = json.load(open(os.path.join(out, "eval.json")))
+    assert result["arm"] == "tagged" and sorted(result["categories"]) == sorted(names)

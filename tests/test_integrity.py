@@ -164,7 +164,7 @@ def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_
     from harness.data import Dataset
     from harness.mixture import Mixture, training_share
     mix, _ = train_run(tiny_synthetic, tmp_path, "--k=3")
-    ctrl, _ = train_run(tiny_synthetic, tmp_path, "--k=3", "--control=True")
+    ctrl, _ = train_run(tiny_synthetic, tmp_path, "--k=3", "--arm=control")
     mix_config, ctrl_config = (json.load(open(os.path.join(r, "config.json"))) for r in (mix, ctrl))
     first = mix_config["config"]["components"][0]
     assert ctrl_config["trained_on"]["tokens"] == {first: mix_config["trained_on"]["tokens"][first]}
@@ -192,14 +192,14 @@ def test_a_mixture_other_than_the_default_order_is_its_own_experiment(tiny_synth
     named, _ = train_run(tiny_synthetic, tmp_path, f"--components={order[0]},{order[1]}")
     assert named == default                                 # the default order named: the same run
     experiments = {}
-    for extra in ([], ["--seed=2"], ["--k=3"], ["--control=True"], ["--weights=3,1"],
+    for extra in ([], ["--seed=2"], ["--k=3"], ["--arm=control"], ["--weights=3,1"],
                   [f"--components={order[0]},{order[2]}"]):
         run, _ = train_run(tiny_synthetic, tmp_path, *extra)
         config = json.load(open(os.path.join(run, "config.json")))
         as_analysed = Run(os.path.basename(run), run, {}, {}, config, {}, []).experiment
         assert as_analysed == config["experiment"]           # analysis and train: one definition
         experiments[" ".join(extra)] = config["experiment"]
-    same = {experiments[key] for key in ("", "--seed=2", "--k=3", "--control=True")}
+    same = {experiments[key] for key in ("", "--seed=2", "--k=3", "--arm=control")}
     assert len(same) == 1 and len(set(experiments.values())) == 3
 
     # runs from before config.json recorded the default order: it comes from the data's meta.json

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from harness import analysis, experiments
+from harness import analysis, decomposition, experiments
 import evaluate
 import plot
 from harness import report
@@ -40,16 +40,17 @@ def train_run(data, out, *extra):
 
 @pytest.fixture(scope="module")
 def sweep(tiny_synthetic, tmp_path_factory):
-    """K = 1..3 x seeds 1, 2 with the controls of K = 2, 3 (epochs=1), and an ablation with epochs=2."""
+    """K = 1..3 x seeds 1, 2 with every arm of K = 2, 3 (epochs=1), and an ablation with epochs=2."""
     out = str(tmp_path_factory.mktemp("sweep") / "out")
     runs = {}
     for k in (1, 2, 3):
         for seed in (1, 2):
             runs[k, seed] = train_run(tiny_synthetic, out, f"--k={k}", f"--seed={seed}", "--epochs=1")
-    for k in (2, 3):
-        for seed in (1, 2):
-            runs[k, seed, "ctrl"] = train_run(tiny_synthetic, out, f"--k={k}", f"--seed={seed}", "--epochs=1",
-                                              "--control=True")
+    for arm in ("control", "exposure", "tagged"):
+        for k in (2, 3):
+            for seed in (1, 2):
+                runs[k, seed, arm] = train_run(tiny_synthetic, out, f"--k={k}", f"--seed={seed}", "--epochs=1",
+                                               f"--arm={arm}")
     for k in (1, 2):
         runs[k, 1, "epochs2"] = train_run(tiny_synthetic, out, f"--k={k}", "--seed=1", "--epochs=2")
     return {"out": out, "runs": runs, "data": tiny_synthetic}
@@ -92,7 +93,7 @@ def close(a, b):
 # -----------------------------------------------------------------------------
 # the whole report
 
-def test_report_of_a_sweep_with_controls_and_an_ablation(sweep, tmp_path):
+def test_report_of_a_sweep_with_every_arm_and_an_ablation(sweep, tmp_path):
     results = str(tmp_path / "results")
     text, fits = run_plot(sweep["out"], results)
     for name in ("xe_vs_k", "xe_position", "decomposition", "excess_area", "late_power_law", "dataset",
@@ -106,48 +107,56 @@ def test_report_of_a_sweep_with_controls_and_an_ablation(sweep, tmp_path):
     # two experiments: the main one (most runs) and the epochs=2 ablation, listed with how it differs
     with open(os.path.join(results, "results.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(sweep["runs"]) * 3                                      # runs x categories
+    tagged = [key for key in sweep["runs"] if "tagged" in key]               # scored on their own components
+    assert len(rows) == (len(sweep["runs"]) - len(tagged)) * 3 + sum(key[0] for key in tagged)
     main, ablation = (json.load(open(os.path.join(sweep["runs"][key], "eval.json")))["experiment"]
                       for key in ((1, 1), (1, 1, "epochs2")))
     assert main != ablation and {r["experiment"] for r in rows} == {main, ablation}
-    assert fits["experiment"] == main and len(fits["runs"]) == 6 and len(fits["controls"]) == 4
+    assert fits["experiment"] == main and len(fits["runs"]) == 6 and len(fits["other_arms"]) == 12
     assert run_name(sweep, (1, 1, "epochs2")) not in fits["runs"]                    # never pooled
     row = next(line for line in text.splitlines() if line.startswith(f"| `{ablation[:12]}`"))
     assert "epochs = 2 (main: 1)" in row and "K=1: 1, K=2: 1" in row
     assert "the one with the most runs" in text
 
-    # the decomposition: per K >= 2 and metric, total = data scarcity + mixing; on synthetic data
-    # the K-mixtures' excess over the oracle = learner's scarcity + identification + inefficiency
+    # the decomposition: per K >= 2 and metric, the four parts sum to the total exactly, each the
+    # paired difference of its own two arms (checked against the runs' own arrays)
     parts = fits["decomposition"]["parts"]
     assert {(p["k"], p["metric"]) for p in parts} == {(k, m) for k in (2, 3) for m in analysis.METRICS}
-    for p in parts:
-        assert close(p["total"]["value"], p["scarcity"]["value"] + p["mixing"]["value"]), p
-        assert close(p["mixing_minus_scarcity"]["value"], p["mixing"]["value"] - p["scarcity"]["value"]), p
-        assert p["total"]["ci"][0] < p["total"]["value"] < p["total"]["ci"][1]
     contrast = {(c["k"], c["metric"]): c["difference"]["value"]
                 for c in fits["tests"]["contrasts_vs_reference_k"]}
-    assert all(close(p["total"]["value"], contrast[p["k"], p["metric"]]) for p in parts)
-    ideal = fits["decomposition"]["ideal"]
-    assert {i["k"] for i in ideal} == {1, 2, 3}
-    for i in ideal:
-        parts_sum = i["scarcity"]["value"] + i["identification"]["value"] + i["inefficiency"]["value"]
-        assert i["excess"]["value"] == pytest.approx(parts_sum, abs=1e-9), i
-        assert i["scarcity"]["value"] >= 0 and i["identification"]["value"] >= -1e-9
+    first = fits["first_component"]
+    arm_mean = lambda key: np.mean([np.load(os.path.join(sweep["runs"][key], "eval.npz"))[f"model:{first}"].mean()
+                                    for _ in [0]])                              # noqa: E731
+    for p in parts:
+        values = {n: p["parts"][n]["value"] for n in ("scarcity", "dilution", "sharing", "identification")}
+        assert sum(values.values()) == pytest.approx(p["total"]["value"], abs=1e-12), p
+        assert close(p["total"]["value"], contrast[p["k"], p["metric"]])
+        assert p["total"]["ci"][0] < p["total"]["value"] < p["total"]["ci"][1] and p["seeds"] == ["1", "2"]
+        if p["metric"] == "xe_mean":         # dilution is C_E - C_S of the same K, from their own files
+            k = p["k"]
+            expected = np.mean([arm_mean((k, s, "exposure")) - arm_mean((k, s, "control")) for s in (1, 2)])
+            assert values["dilution"] == pytest.approx(expected, abs=1e-5)
+    learner = fits["decomposition"]["learner"]
+    assert {i["k"] for i in learner} == {2, 3}
+    assert all(i["scarcity"]["value"] > -1e-9 and i["identification"]["value"] >= -1e-9 for i in learner)
     area = fits["decomposition"]["bayes_area"]
-    assert area["1"]["value"] == pytest.approx(0, abs=1e-6)
     assert all(0 < area[str(k)]["value"] <= math.log(k) + 1e-6 for k in (2, 3))
-    assert "## Decomposition: data scarcity and mixing" in text
-    assert "identification learner - learner1" in text
+    assert "## Decomposition: scarcity, dilution, sharing, identification" in text
+    assert "| K | range | learner scarcity | learner identification | network identification | ratio |" in text
     assert "fitted per chain to each run's own transition counts" in text
     assert "## Conclusion" in text and "dash-dot: the learner" in text
+    assert "Holm over this K's family" in text or "No part is established" in text
 
-    # the budget check: the main runs, then each control against its mixture run's steps
+    # the arms' checks: each against its mixture run's steps (1/K of them for the exposure arm)
     assert re.search(r"all 6 runs trained on [\d,]+ tokens in [\d,]+ steps", text)
     for c in fits["control_check"]:
-        assert c["mixture"] and abs(c["steps"][0] - c["steps"][1]) <= c["tolerance"]
+        assert c["mixture"] and abs(c["steps"][0] - c["expected_steps"]) <= c["tolerance"], c
         assert c["share"][0] == c["share"][1]
-    control_rows = [line for line in text.splitlines() if "ctrl" in line and line.endswith("| ok |")]
-    assert len(control_rows) == 4 and all(re.search(r"\| [\d,]+ / [\d,]+ \|", line) for line in control_rows)
+        if c["arm"] == "tagged":
+            assert c["steps"][0] == c["steps"][1] and c["tolerance"] == 0
+    arm_row = re.compile(r"\| \d \| \d \| (control|exposure|tagged) \|")
+    arm_rows = [line for line in text.splitlines() if arm_row.match(line)]
+    assert len(arm_rows) == 12 and all(line.endswith("| ok |") for line in arm_rows)
 
 
 def test_learner_curves_on_synthetic_data(sweep):
@@ -158,22 +167,26 @@ def test_learner_curves_on_synthetic_data(sweep):
         refs = curve.references
         assert len(refs["learner"]) == len(refs["learner1"]) == len(refs["bayes"]) == BLOCK, k
         assert np.mean(refs["oracle"]) <= np.mean(refs["learner1"]) <= np.mean(refs["learner"]) + 1e-9
-    assert a.decomposition.control_ks == [2, 3] and choice == "largest"
+    assert choice == "largest"
+    first = experiment.runs[0].components[0]
+    d = decomposition.decompose(experiment, first, analysis.stack_view(experiment.runs[:1], [first])[1])
+    assert d.arms == {2: ["control", "exposure", "tagged"], 3: ["control", "exposure", "tagged"]}
     fitted = {}                         # each run's alpha per chain (eval.json), as the report gives it
-    for r in experiment.runs + experiment.controls:
+    for r in experiment.runs + experiment.twins:
         for chain, alpha in r.eval["learner_alpha"].items():
             fitted.setdefault(chain, []).append(alpha)
-    assert a.decomposition.learner_alpha == {c: (min(v), max(v)) for c, v in sorted(fitted.items())}
-    assert all(0 < lo <= hi for lo, hi in a.decomposition.learner_alpha.values())
+    assert d.learner_alpha == {c: (min(v), max(v)) for c, v in sorted(fitted.items())}
+    assert all(0 < lo <= hi for lo, hi in d.learner_alpha.values())
+    assert set(d.tagged_t) == {2, 3} and all(len(v) == BLOCK for v in d.tagged_t.values())
 
 
 def test_another_experiment_is_reported_on_its_own(sweep, tmp_path, text_only):
     ablation = json.load(open(os.path.join(sweep["runs"][1, 1, "epochs2"], "eval.json")))["experiment"]
     text, fits = run_plot(sweep["out"], str(tmp_path / "results"), f"--group={ablation[:6]}")
-    assert fits["experiment"] == ablation and len(fits["runs"]) == 2 and fits["controls"] == []
+    assert fits["experiment"] == ablation and len(fits["runs"]) == 2 and fits["other_arms"] == {}
     assert "chosen with --group" in text and "epochs = 1 (main: 2)" in text
-    assert "No control runs in this experiment" in text                     # said once, totals still shown
-    assert "no control run, so it is not split" in text
+    assert "Only the K-mixtures ran (CONTROLS=0): the K effect is not split." in text    # once, totals shown
+    assert "No other arm ran at this K: the total is not split." in text
     with pytest.raises(UserError, match="matches 0 experiments"):
         run_plot(sweep["out"], str(tmp_path / "results"), "--group=zzzz")
 
@@ -218,27 +231,32 @@ def craft(out, sweep, first, offsets, size=0.01):
 
 
 def test_conclusion_is_built_from_the_numbers(sweep, tmp_path, text_only):
-    """K=2: mixing (0.3) well above data scarcity (0.01); K=3: mixing = scarcity = 0.1, not separable."""
+    """Crafted arms on the first component. K=2: scarcity 0.01, dilution 0.02, sharing -0.01 (helps),
+    identification 0.30: the largest is named. K=3: scarcity = identification = 0.1, dilution =
+    sharing = 0: the two zero parts are no causes and the largest is not established."""
     out = copy_out(sweep, tmp_path)
     first = json.load(open(os.path.join(sweep["runs"][2, 1], "eval.json")))["components"][0]
+    levels = {2: {"control": 0.01, "exposure": 0.03, "tagged": 0.02, None: 0.32},
+              3: {"control": 0.1, "exposure": 0.1, "tagged": 0.1, None: 0.2}}
     offsets = {(1, s): 0.0 for s in (1, 2)}
-    offsets.update({(2, s, "ctrl"): 0.01 for s in (1, 2)} | {(2, s): 0.31 for s in (1, 2)})
-    offsets.update({(3, s, "ctrl"): 0.1 for s in (1, 2)} | {(3, s): 0.2 for s in (1, 2)})
+    for k, arms in levels.items():
+        offsets.update({((k, s, arm) if arm else (k, s)): v for arm, v in arms.items() for s in (1, 2)})
     craft(out, sweep, first, offsets)
     text, fits = run_plot(out, str(tmp_path / "results"))
-    parts = {(p["k"], p["metric"]): p for p in fits["decomposition"]["parts"]}
-    assert parts[2, "xe_mean"]["scarcity"]["value"] == pytest.approx(0.01, abs=1e-6)
-    assert parts[2, "xe_mean"]["mixing"]["value"] == pytest.approx(0.30, abs=1e-6)
+    parts = {(p["k"], p["metric"]): p["parts"] for p in fits["decomposition"]["parts"]}
+    for name, value in (("scarcity", 0.01), ("dilution", 0.02), ("sharing", -0.01), ("identification", 0.30)):
+        assert parts[2, "xe_mean"][name]["value"] == pytest.approx(value, abs=1e-6), name
     conclusion = text.split("## Conclusion")[1].split("\n## ")[0]
-    k2 = next(line for line in conclusion.splitlines() if line.startswith("- K=2, mean"))
-    assert "mixing is the larger part" in k2 and "0.3000 [" in k2 and "0.0100 [" in k2
-    k3 = next(line for line in conclusion.splitlines() if line.startswith("- K=3, mean"))
-    assert "the intervals do not separate the two parts" in k3 and "includes 0" in k3
-    versus = parts[3, "xe_mean"]["mixing_minus_scarcity"]
-    assert versus["value"] == pytest.approx(0, abs=1e-6) and versus["ci"][0] < 0 < versus["ci"][1]
-    # on synthetic data the conclusion says how far the model is from the learner, from the same numbers
-    ideal = next(i for i in fits["decomposition"]["ideal"] if (i["k"], i["metric"]) == (2, "xe_mean"))
-    assert f"(model - learner) is {ideal['inefficiency']['value']:.4f} [" in conclusion
+    k2 = next(line for line in conclusion.splitlines() if line.startswith("- K=2:"))
+    assert "The largest part is identification." in k2 and "capacity sharing -0.0100 [" in k2 and "helps" in k2
+    k3 = next(line for line in conclusion.splitlines() if line.startswith("- K=3:"))
+    assert "Which part is largest is not established" in k3
+    assert "compute dilution" not in k3 and "capacity sharing" not in k3        # never called causes
+    assert re.search(r"\| 2 \| 0\.3200 \[[^]]+\] \| \+0\.0100 \[", conclusion)    # the table opens it
+    # on synthetic data: the network's identification beside the ideal learner's, from the same numbers
+    learner = next(i for i in fits["decomposition"]["learner"] if (i["k"], i["metric"]) == (2, "xe_mean"))
+    assert f"{learner['identification']['value']:.4f} [" in conclusion
+    assert "the network's identification (mixture - tagged) is 0.3000 [" in conclusion
 
 
 # -----------------------------------------------------------------------------
@@ -351,4 +369,4 @@ def test_a_fourth_position_range_is_added_in_one_place(sweep, tmp_path):
         xe_t = ev["categories"][row["category"]]["xe_t"]
         assert float(row["xe_mid"]) == pytest.approx(np.mean(xe_t[10:50]), rel=1e-9)
     report_text = open(os.path.join(results, "REPORT.md")).read()
-    assert "XE mid, t = 11..50 |" in report_text and "Mid, t = 11..50:" in report_text
+    assert "XE mid, t = 11..50 |" in report_text and "| mid, t = 11..50 |" in report_text     # tables

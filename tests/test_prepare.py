@@ -42,7 +42,7 @@ def check_layout(data_dir):
     assert meta["vocab_size"] <= 65536 and 0 <= meta["eot"] < meta["vocab_size"]
     assert set(meta["splits"]) == set(meta["components"])
     assert set(meta["default_order"]) <= set(meta["components"])
-    assert len(meta["default_order"]) == min(5, len(meta["components"]))
+    assert sorted(meta["default_order"]) == sorted(meta["components"])       # every component, in order
     for comp in meta["components"]:
         assert set(meta["splits"][comp]) == set(SPLITS)
         for split in SPLITS:
@@ -69,12 +69,13 @@ def check_layout(data_dir):
             r, info = rows[(comp, split)], meta["splits"][comp][split]
             assert (r["docs"], r["tokens"]) == (info["docs"], info["tokens"])
     train = {c: meta["splits"][c]["train"]["tokens"] for c in meta["components"]}
-    top5 = stats["default_order"]
+    order = stats["default_order"]
+    top5, rest = order[:5], order[5:]
     assert [train[c] for c in top5] == sorted(train[c] for c in top5)      # ascending
-    rest = [c for c in meta["components"] if c not in top5]
-    assert len(top5) == min(5, len(train)) and len(set(top5)) == len(top5)
+    assert len(set(order)) == len(order) == len(train)
     assert all(train[c] <= min(train[t] for t in top5) for c in rest)      # really the top five
-    assert meta["default_order"] == top5
+    assert [train[c] for c in rest] == sorted((train[c] for c in rest), reverse=True)   # then largest first
+    assert meta["default_order"] == order
     assert stats["default_budget"] == train[top5[0]]
     return meta
 
@@ -143,16 +144,17 @@ def test_top_five_with_more_components(tmp_path):
     check_documents(path)
     train = {c: meta["splits"][c]["train"]["tokens"] for c in meta["components"]}
     assert len(set(train.values())) == 7           # distinct sizes: the selection is not trivial
-    expected = sorted(sorted(train, key=lambda c: -train[c])[:5], key=lambda c: train[c])
+    largest_first = sorted(train, key=lambda c: -train[c])
+    expected = sorted(largest_first[:5], key=lambda c: train[c]) + largest_first[5:]
     assert meta["default_order"] == expected
 
 
-def test_analyse_orders_top_five_smallest_first():
+def test_the_default_order_is_the_top_five_smallest_first_then_the_rest_largest_first():
     tokens = {"a": 50, "b": 10, "c": 70, "d": 30, "e": 90, "f": 20, "g": 60}
     splits = {c: {s: {"docs": 1, "tokens": t if s == "train" else 1} for s in SPLITS}
               for c, t in tokens.items()}
     stats = prepare.dataset_composition(splits)
-    assert stats["default_order"] == ["d", "a", "g", "c", "e"]
+    assert stats["default_order"] == ["d", "a", "g", "c", "e", "f", "b"]
     assert stats["default_budget"] == 30
 
 

@@ -194,3 +194,30 @@ def test_transition_counts_of_a_runs_mixture(tiny_synthetic):
     for c, quota in enumerate([1500, 1201]):
         mine = mixture.doc_comp == c
         assert counts[c].sum() == quota - mine.sum() - closing[mine].sum()
+
+
+def test_in_context_learner_matches_brute_force_on_a_tiny_chain():
+    """The learner of an unseen chain, by hand: each prediction the Dirichlet-multinomial posterior
+    predictive of the window's own earlier transitions, (w[i, j] + a) / (w[i].sum() + V a)."""
+    rng = np.random.default_rng(6)
+    vocab, alpha = 4, 0.37
+    windows = rng.integers(0, vocab, size=(30, 12))
+    brute = np.empty((30, 11))
+    for n, window in enumerate(windows):
+        seen = np.zeros((vocab, vocab))
+        for t in range(1, 12):
+            i, j = window[t - 1], window[t]
+            brute[n, t - 1] = -np.log((seen[i, j] + alpha) / (seen[i].sum() + vocab * alpha))
+            seen[i, j] += 1
+    np.testing.assert_allclose(R.in_context_losses(windows, vocab, alpha), brute, rtol=1e-12)
+    assert np.allclose(R.in_context_losses(windows, vocab, alpha)[:, 0], np.log(vocab))   # nothing seen: uniform
+
+
+def test_shared_alpha_is_the_maximum_of_the_summed_evidence():
+    rng = np.random.default_rng(7)
+    counts = np.stack([[rng.multinomial(40, rng.dirichlet(np.full(10, 0.2))) for _ in range(10)]
+                       for _ in range(3)])                             # three chains of 10 states
+    a = R.fit_shared_alpha(counts)
+    total = lambda x: sum(R.dirichlet_evidence(chain, x) for chain in counts)    # noqa: E731
+    assert total(a) >= max(total(a * 0.98), total(a * 1.02))
+    assert 0.1 < a < 0.4                                                # near the truth, 0.2

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_SYNTHETIC
@@ -48,7 +49,8 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
     tmp, result = finished_sweep
     folders = run_folders(tmp)
     assert sorted(folders) == ["synthetic_k1_1L-16d-2h_s1", "synthetic_k2_1L-16d-2h_s1",
-                               "synthetic_k2ctrl_1L-16d-2h_s1"]
+                               "synthetic_k2ctrl_1L-16d-2h_s1", "synthetic_k2expo_1L-16d-2h_s1",
+                               "synthetic_k2tag_1L-16d-2h_s1"]
     runs = sorted(folders.values())
     for run in runs:
         for name in ("config.json", "log.jsonl", "ckpt.pt", "done", "eval.json", "eval.npz", "train.log"):
@@ -56,7 +58,7 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
     with open(f"{tmp}/results/results.csv") as f:
         rows = list(csv.DictReader(f))
     categories = json.load(open(f"{tmp}/synthetic/meta.json"))["components"]
-    assert len(rows) == 3 * len(categories)
+    assert len(rows) == 4 * len(categories) + 2              # the tagged mixture: its own two components
     for run in runs:   # the table carries the numbers evaluate.py wrote
         summary = json.load(open(os.path.join(run, "eval.json")))
         for row in (r for r in rows if r["run"] == summary["run"]):
@@ -64,9 +66,25 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
             assert float(row["xe_mean"]) == pytest.approx(expected, rel=1e-4)
     report = open(f"{tmp}/results/REPORT.md").read()
     assert "all 2 runs trained on 3,000 tokens" in report
-    # the decomposition with the controls, the learner beside the model, a generated conclusion
-    assert "## Decomposition" in report and "learner1 - oracle" in report and "## Conclusion" in report
+    # the decomposition with every arm, the learner beside the model, a generated conclusion; the
+    # four parts sum to the total to float precision on this real sweep
+    assert "## Decomposition" in report and "learner identification" in report and "## Conclusion" in report
+    fits = json.load(open(f"{tmp}/results/fits.json"))
+    for p in fits["decomposition"]["parts"]:
+        assert set(p["parts"]) == {"scarcity", "dilution", "sharing", "identification"}
+        assert sum(x["value"] for x in p["parts"].values()) == pytest.approx(p["total"]["value"], abs=1e-12)
+    checks = {c["arm"]: c for c in fits["control_check"]}
+    assert set(checks) == {"control", "exposure", "tagged"} and all(c["mixture"] for c in checks.values())
     assert "dash-dot: the learner" in report
+    # research question 3: the chain no run trained on, against the in-context learner, per K
+    unseen = report.split("## Unseen components")[1].split("\n## ")[0]
+    gaps = re.findall(r"\| (\d) \| 1 \| [\d.]+ \[[^]]+\] † \| [\d.]+ \[[^]]+\] † \| ([\d.-]+) \[", unseen)
+    assert [k for k, _ in gaps] == ["1", "2"], unseen
+    k1 = json.load(open(os.path.join(folders["synthetic_k1_1L-16d-2h_s1"], "eval.json")))
+    held_out = [c for c, v in k1["categories"].items() if not v["in_mixture"]]
+    with np.load(os.path.join(folders["synthetic_k1_1L-16d-2h_s1"], "eval.npz")) as z:   # model - context
+        gap = np.mean(np.concatenate([z[f"model:{c}"] - z[f"context:{c}"] for c in held_out if c in unseen]))
+    assert float(gaps[0][1]) == pytest.approx(gap, abs=1e-4)
     for target in re.findall(r"\]\(([^)]+)\)", report):
         assert os.path.exists(os.path.join(tmp, "results", target)), target
     assert f"{tmp}/results/REPORT.md" in result.stdout
@@ -75,11 +93,12 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
 
 def test_runs_per_card_and_parallel_deal_slots_to_the_gpus(finished_sweep):
     tmp, result = finished_sweep
-    assert "3 runs, 4 at a time on 2 GPU(s)" in result.stdout
+    assert "5 runs, 4 at a time on 2 GPU(s)" in result.stdout
     gpus = dict(re.findall(r"(synthetic_k[\w-]+?)_[0-9a-f]{8}: training on GPU (\d)", result.stdout))
-    # slot i runs the runs i, i + 4, ... and sits on GPU i mod 2: the K=1 and the control on GPU 0
+    # slot i runs the runs i, i + 4, ... and sits on GPU i mod 2: runs 0, 2 and 4 on GPU 0
     assert gpus == {"synthetic_k1_1L-16d-2h_s1": "0", "synthetic_k2_1L-16d-2h_s1": "1",
-                    "synthetic_k2ctrl_1L-16d-2h_s1": "0"}, result.stdout
+                    "synthetic_k2ctrl_1L-16d-2h_s1": "0", "synthetic_k2expo_1L-16d-2h_s1": "1",
+                    "synthetic_k2tag_1L-16d-2h_s1": "0"}, result.stdout
 
 
 def test_parallel_keeps_meaning_runs_at_once(tmp_path):
@@ -96,7 +115,7 @@ def test_second_invocation_trains_nothing(finished_sweep):
     evals = {p: os.path.getmtime(p) for p in glob.glob(f"{tmp}/out/*/eval.npz")}
     result = run_sweep(tmp, "--token_budget=1500", "--epochs=2")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("finished and evaluated, skipped") == 3
+    assert result.stdout.count("finished and evaluated, skipped") == 5
     assert ": training" not in result.stdout
     assert ckpts == {p: os.path.getmtime(p) for p in ckpts}
     assert evals == {p: os.path.getmtime(p) for p in evals}
@@ -170,7 +189,8 @@ def test_kill_9_of_the_sweep_leaves_nothing_running_and_a_restart_ends_as_if_uni
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     restarted, uninterrupted = run_folders(tmp_path), run_folders(reference)
     assert sorted(restarted) == ["synthetic_k1_1L-16d-2h_s1", "synthetic_k2_1L-16d-2h_s1",
-                                 "synthetic_k2ctrl_1L-16d-2h_s1"]
+                                 "synthetic_k2ctrl_1L-16d-2h_s1", "synthetic_k2expo_1L-16d-2h_s1",
+                                 "synthetic_k2tag_1L-16d-2h_s1"]
     for name, folder in restarted.items():     # the same identities, and bit-identical numbers
         assert os.path.basename(folder) == os.path.basename(uninterrupted[name])
         assert eval_numbers(folder) == eval_numbers(uninterrupted[name])
@@ -254,3 +274,13 @@ def test_an_edit_to_the_code_trains_new_runs_and_a_comment_does_not(tmp_path):
     assert len(glob.glob(f"{tmp_path}/out/synthetic_k*")) == 4           # the old runs stay beside the new
     report = open(f"{tmp_path}/results/REPORT.md").read()
     assert re.search(r"\| code = 'train [0-9a-f]{8}' \(main: 'train [0-9a-f]{8}'\)", report), report[:3000]
+
+
+@pytest.mark.parametrize("extra", ["--k=1", "--seed=3", "--arm=tagged", "--components=chain0,chain1",
+                                   "--out_root=elsewhere"])
+def test_an_extra_argument_the_sweep_sets_itself_is_refused(tmp_path, extra):
+    """Passed to every run of the grid, it would train one folder twice at once: one line, exit 2."""
+    result = run_sweep(tmp_path, extra)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: {extra} is set by sweep.sh for every run of its grid" in result.stderr
+    assert not os.path.exists(f"{tmp_path}/out/synthetic_k1")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
 import train
 from configurator import UserError
 from harness.mixture import WindowSource
@@ -118,6 +119,35 @@ def test_equal_budgets_and_steps_across_k(tiny_synthetic, tmp_path):
     assert len(steps) == 1 and len(totals) == 1 and totals.pop() == budget * epochs
 
 
+@pytest.fixture(scope="module")
+def eight_chains(tmp_path_factory):
+    """Eight tiny chains: K up to 8 on the default order, the top five then the rest."""
+    return make_synthetic(tmp_path_factory.mktemp("data8") / "synthetic8", "--n_components=8")
+
+
+@pytest.mark.parametrize("k", [6, 8])
+def test_k_beyond_five_trains_and_evaluates(eight_chains, tmp_path, k):
+    out = run_train(eight_chains, tmp_path / f"k{k}", f"--k={k}", "--epochs=1")
+    order = Dataset(eight_chains).default_order
+    config = read(os.path.join(out, "config.json"))
+    assert config["config"]["components"] == order[:k] and len(config["trained_on"]["tokens"]) == k
+    evaluate.main([out, "--eval_windows=20", "--device=cpu"])
+    result = read(os.path.join(out, "eval.json"))
+    assert sorted(c for c, v in result["categories"].items() if v["in_mixture"]) == sorted(order[:k])
+    unseen = [c for c, v in result["categories"].items() if not v["in_mixture"]]
+    assert len(unseen) == 8 - k and all("context" in result["categories"][c] for c in unseen)
+
+
+def test_beyond_five_every_components_quota_must_fit(eight_chains):
+    ds = Dataset(eight_chains)
+    smallest = min(ds.default_order, key=lambda c: ds.n_tokens(c, "train"))
+    budget = 8 * ds.n_tokens(smallest, "train") + 8
+    with pytest.raises(UserError, match=rf"asks [\d,]+ tokens of {smallest}, which has [\d,]+ train tokens; "
+                                        r"use --token_budget=[\d,]+ or less"):
+        train.main([f"--data_dir={eight_chains}", "--k=8", f"--token_budget={budget}", *TINY_MODEL,
+                    "--print_run_dir=True"])
+
+
 def test_host_and_device_window_gather_agree(tiny_synthetic):
     ds = Dataset(tiny_synthetic)
     mix = train.Mixture(ds, ["chain0"], [3000], seed=0)
@@ -143,9 +173,11 @@ def test_the_epoch_plan_uploaded_once_gives_every_steps_windows(tiny_synthetic):
             host, dev = (WindowSource(mix.tokens, cpu, on_device=d) for d in (False, True))
             for step in range(3 * plan.steps_per_epoch):
                 a, b = host.step_batch(plan, 5, step, rank), dev.step_batch(plan, 5, step, rank)
-                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-                assert np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3]) and a[4] == b[4]
-                assert len(a[2]) == plan.rows and a[0].shape[0] == plan.rows // world
+                assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))          # x, y and the tags
+                assert np.array_equal(a[3], b[3]) and np.array_equal(a[4], b[4]) and a[5] == b[5]
+                assert len(a[3]) == plan.rows and a[0].shape[0] == len(a[2]) == plan.rows // world
+                starts, _, comp, _ = plan.step(5, step)      # a row's tag is its window's component
+                assert a[2].tolist() == np.maximum(comp[rank::world], 0).tolist()
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -301,7 +333,7 @@ BAD_CONFIGS = """
 --n_layer=two             | config key 'n_layer' expects int
 --block_size=64           | unknown config key 'block_size'
 config/does_not_exist.py  | not found
-# the mixture: components, k, weights, control
+# the mixture: components, k, weights, arm
 --components=chain0,nope  | unknown component 'nope'
 --k=9                     | k=9
 --k=3 --components=chain1 | k=3 but components names 1
@@ -309,7 +341,10 @@ config/does_not_exist.py  | not found
 --weights=1,nan --k=2     | finite positive numbers
 --weights=1,inf --k=2     | finite positive numbers
 --weights=1,abc --k=2     | finite positive numbers
---control=True --k=1      | control=True mirrors a mixture of K >= 2
+--arm=control --k=1       | arm=control is a twin of a mixture of K >= 2
+--arm=tagged --k=1        | arm=tagged is a twin of a mixture of K >= 2
+--arm=ctrl --k=2          | arm='ctrl': use one of mixture, control, exposure, tagged
+--device=mps              | device='mps': use auto, cpu, cuda or cuda:N
 # the budget and the schedule
 --token_budget=100000000  | train tokens; use --token_budget=
 --token_budget=-5         | token_budget=-5

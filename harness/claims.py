@@ -1,0 +1,142 @@
+"""
+The report's claims about the K effect (REPORT.md, "Conclusion"), built so that no sentence says
+more than its intervals. Per K, on mean XE, one family of tests: each part of the decomposition
+against 0 (decomposition.PARTS) and, to name the largest, the leading part's magnitude against
+each other part whose sign the family establishes (|a| - |b| as s_a a - s_b b, on the paired
+windows). Holm's step-down over the family decides (alpha = 0.05); the table shows each interval
+at its Holm level (stats.holm_levels), so an interval excludes 0 exactly where the family says so.
+
+- a part whose interval includes 0 is never called a cause;
+- a part below 0 helps (the twin arm's XE is lower): it is said with its sign;
+- the largest part is named only when its magnitude exceeds every other established part's;
+- an interval over documents only (one seed) or seeds only (one document) never supports a
+  claim: it is shown, marked, and the sentence says "not established".
+"""
+import math
+from dataclasses import dataclass, field
+
+from scipy import stats as scipy_stats
+
+from harness.decomposition import PART_LABELS
+from harness.stats import holm, holm_levels
+
+ALPHA = 0.05
+FULL = "seeds and documents"        # the only scope that supports a claim
+
+
+def p_value(interval):
+    """Two-sided p-value of 'zero' from an Interval's estimate, standard error and df."""
+    if interval.covers == "n/a" or not interval.se:
+        return 1.0
+    return float(2 * scipy_stats.t.sf(abs(interval.value) / interval.se, interval.df))
+
+
+def at_level(interval, level):
+    """The same estimate's interval at another confidence level (its se and df kept)."""
+    if interval.covers == "n/a" or not interval.se:
+        return list(interval.ci)
+    half = scipy_stats.t.ppf(0.5 + level / 2, interval.df) * interval.se
+    return [interval.value - half, interval.value + half]
+
+
+@dataclass
+class Test:
+    what: str                       # "dilution", or "|dilution| > |sharing|"
+    interval: object                # analysis.Interval, pointwise
+    p: float
+    against: str = None             # a comparison: the other part
+    p_holm: float = math.nan
+    level: float = math.nan
+    supports: bool = False          # full scope: may support a claim
+
+    @property
+    def established(self):
+        return self.supports and self.p_holm < ALPHA
+
+
+@dataclass
+class KClaims:
+    k: int
+    total: object                   # Interval
+    parts: dict = field(default_factory=dict)       # part -> Test
+    comparisons: list = field(default_factory=list)  # Test of the leader against each other part
+    leader: str = None              # the part of the largest magnitude, if the family names it
+
+
+def k_claims(parts):
+    """The family of one K on mean XE (decomposition.Parts), decided by Holm."""
+    claims = KClaims(parts.k, parts.total)
+    for name, interval in parts.parts.items():
+        claims.parts[name] = Test(name, interval, p_value(interval), supports=interval.covers == FULL)
+    pointwise = [n for n, t in claims.parts.items() if t.supports and t.p < ALPHA]
+    leader = max(pointwise, key=lambda n: abs(claims.parts[n].interval.value), default=None)
+    for other in (n for n in pointwise if n != leader):
+        pair = (leader, other) if (leader, other) in parts.magnitudes else (other, leader)
+        if pair not in parts.magnitudes:
+            continue                        # not measured: the largest cannot be named
+        interval = parts.magnitudes[pair]
+        if pair[0] != leader:               # stored as |other| - |leader|: turn it round
+            interval = type(interval)(-interval.value, [-interval.ci[1], -interval.ci[0]], interval.covers,
+                                      interval.se, interval.df)
+        claims.comparisons.append(Test(f"|{leader}| > |{other}|", interval, p_value(interval), against=other,
+                                       supports=interval.covers == FULL))
+    family = list(claims.parts.values()) + claims.comparisons
+    if family:
+        for test, p_adj, level in zip(family, holm([t.p for t in family]), holm_levels([t.p for t in family])):
+            test.p_holm, test.level = float(p_adj), float(level)
+    if leader is not None and claims.parts[leader].established:
+        # the largest only against every other part: each must have an established sign, and
+        # a smaller magnitude (a part whose sign is not established may be the larger one)
+        rivals = [n for n in claims.parts if n != leader]
+        others = {c.against: c for c in claims.comparisons}
+        if all(claims.parts[n].established and n in others and others[n].established
+               and others[n].interval.value > 0 for n in rivals):
+            claims.leader = leader
+    return claims
+
+
+def sentence(c, fmt):
+    """What one K's family establishes, in a sentence or two."""
+    established = [n for n, t in c.parts.items() if t.established]
+    said = [f"{PART_LABELS[n]} {fmt(t.interval, 4)} ({'raises XE' if t.interval.value > 0 else 'helps'})"
+            for n, t in c.parts.items() if t.established]
+    unsupported = [n for n, t in c.parts.items() if not t.supports]
+    text = f"K={c.k}: total {fmt(c.total, 4)}. "
+    if not c.parts:
+        return text + "No other arm ran at this K: the total is not split."
+    if unsupported:
+        text += (f"Not established ({', '.join(PART_LABELS[n] for n in unsupported)}): their intervals cover "
+                 f"documents only (one seed) or less, which supports no claim. ")
+    if not established:
+        return text + "No part is established as a cause (every Holm-adjusted interval includes 0)."
+    text += "Established (Holm over this K's family): " + "; ".join(said) + ". "
+    if c.leader:
+        return text + f"The largest part is {PART_LABELS[c.leader]}."
+    if len(established) == 1 and len(c.parts) > 1:
+        return text + "It is the only established part; the others' intervals include 0."
+    return text + "Which part is largest is not established (their magnitudes are not separated)."
+
+
+def conclusion_lines(d, fmt):
+    """The conclusion: one table of the parts at their Holm levels, then a sentence per K."""
+    means = [p for p in d.parts if p.metric == "xe_mean"]
+    claims = [k_claims(p) for p in means]
+    names = [n for n in PART_LABELS if any(n in c.parts for c in claims)]
+    lines = ["| K | total | " + " | ".join(PART_LABELS[n] for n in names) + " |",
+             "|---" * (2 + len(names)) + "|"]
+    for c in claims:
+        cells = []
+        for n in names:
+            t = c.parts.get(n)
+            if t is None:
+                cells.append("—")
+                continue
+            lo, hi = at_level(t.interval, t.level if not math.isnan(t.level) else 0.95)
+            mark = "" if t.supports else " †"
+            star = " **" if t.established else ""
+            cells.append(f"{t.interval.value:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}{star}")
+        lines.append(f"| {c.k} | {fmt(c.total, 4)} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean over t, nats. Each part's interval is at its Holm level within its K's family (the four "
+              "parts against 0 and the comparisons that name the largest, alpha = 0.05); ** established. "
+              "† one seed: never a claim.", ""]
+    return lines + [f"- {sentence(c, fmt)}" for c in claims], claims

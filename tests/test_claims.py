@@ -1,0 +1,82 @@
+"""
+The conclusion cannot overstate (harness/claims.py): hand-made decompositions of one K, each a
+case the old "larger part" rule got wrong, and the sentences the family of tests allows.
+"""
+import re
+
+from harness.analysis import Interval
+from harness.claims import conclusion_lines, k_claims, sentence
+from harness.decomposition import Decomposition, Parts
+from harness.report import fmt
+
+FULL, ONE_SEED = "seeds and documents", "documents only"
+
+
+def interval(value, se, covers=FULL, df=30.0):
+    half = 2.042 * se                       # t(0.975, 30)
+    return Interval(value, [value - half, value + half], covers, se, df)
+
+
+def parts(total, covers=FULL, magnitudes=None, **values):
+    """One K's Parts from (value, se) per part; magnitudes (a, b) -> (value, se) of |a| - |b|."""
+    p = Parts(2, "xe_mean", interval(*total), {n: interval(*v, covers) for n, v in values.items()}, ["1", "2"])
+    p.magnitudes = {pair: interval(*v, covers) for pair, v in (magnitudes or {}).items()}
+    return p
+
+
+def say(p):
+    return sentence(k_claims(p), fmt)
+
+
+def test_a_negative_part_helps_and_is_never_the_larger_by_its_sign():
+    """identification -0.05 [-0.06, -0.04] (helps) and scarcity +0.02: the old rule compared signed
+    values and named scarcity; the magnitude comparison names identification, with its sign."""
+    p = parts((-0.03, 0.003), scarcity=(0.02, 0.002), identification=(-0.05, 0.003),
+              magnitudes={("scarcity", "identification"): (-0.03, 0.004)})
+    text = say(p)
+    assert "identification -0.0500 [" in text and "(helps)" in text and "data scarcity 0.0200 [" in text
+    assert "The largest part is identification." in text
+
+
+def test_a_part_straddling_zero_is_no_cause():
+    """mixing 0.004 [-0.002, 0.010], scarcity -0.006 [-0.011, -0.001], total straddling 0: only
+    scarcity is established (it helps), nothing is called the larger part."""
+    p = parts((-0.002, 0.004), scarcity=(-0.006, 0.0024), identification=(0.004, 0.003),
+              magnitudes={("scarcity", "identification"): (0.002, 0.004)})
+    text = say(p)
+    assert "identification" not in text.split("Established")[1]
+    assert "It is the only established part" in text and "(helps)" in text
+    assert "larger" not in text and "largest part is" not in text
+
+
+def test_one_seed_intervals_support_no_claim():
+    p = parts((0.3, 0.01), covers=ONE_SEED, scarcity=(0.01, 0.001), identification=(0.29, 0.01),
+              magnitudes={("scarcity", "identification"): (-0.28, 0.01)})
+    text = say(p)
+    assert "Not established" in text and "No part is established" in text and "largest" not in text
+
+
+def test_clearly_separated_parts_name_the_largest():
+    p = parts((0.33, 0.005), scarcity=(0.01, 0.001), dilution=(0.02, 0.001), sharing=(-0.01, 0.001),
+              identification=(0.31, 0.004),
+              magnitudes={("scarcity", "identification"): (-0.30, 0.004), ("dilution", "identification"):
+                          (-0.29, 0.004), ("sharing", "identification"): (-0.30, 0.004)})
+    claims = k_claims(p)
+    assert claims.leader == "identification" and all(t.established for t in claims.parts.values())
+    assert len(claims.comparisons) == 3 and all(c.established for c in claims.comparisons)
+    assert "The largest part is identification." in sentence(claims, fmt)
+
+
+def test_the_family_is_holm_adjusted_and_the_table_shows_its_levels():
+    """p = 0.03 alone would pass at 95%; in a family of four with three tiny p-values Holm tests it
+    at 0.05 / 1 only after the others, so it passes; a second borderline one does not."""
+    p = parts((0.1, 0.01), scarcity=(0.05, 0.001), dilution=(0.05, 0.001), sharing=(0.0066, 0.003),
+              identification=(0.0068, 0.003), magnitudes={})
+    claims = k_claims(p)
+    assert claims.parts["sharing"].p < 0.05 and claims.parts["identification"].p < 0.05     # pointwise
+    assert not claims.parts["sharing"].established                                          # Holm: no
+    table, _ = conclusion_lines(Decomposition("c", [p], {2: ["control", "exposure", "tagged"]}), fmt)
+    row = next(line for line in table if line.startswith("| 2 |"))
+    sharing = re.findall(r"\+0\.0066 \[([-+][\d.]+), ([-+][\d.]+)\]", row)[0]
+    assert float(sharing[0]) < 0 < float(sharing[1])          # at its Holm level the interval holds 0
+    assert "Holm level" in "\n".join(table)
