@@ -75,6 +75,8 @@ def _coerce(key, value, default):
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and value.lower() in ("inf", "-inf", "nan"):
+            return float(value)                               # a range check then names the key
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):
             return type(default)(value)

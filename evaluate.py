@@ -22,6 +22,7 @@ Writes out/<run>/eval.npz (per-window, per-position losses in nats, keyed "model
 out/<run>/eval.json (the summary, with the learner's fitted Dirichlet concentrations; written last).
 """
 import contextlib
+import errno
 import os
 import time
 import zipfile
@@ -52,14 +53,26 @@ dtype = "auto"              # autocast: "auto" = bfloat16 on CUDA, float32 on CP
                             # either way; "float32" avoids bf16's rounding of the logits (~0.04 at
                             # |logit| 10) for the most careful numbers
 force = False               # re-evaluate runs that already have eval.json
+data_dir = ""               # where the run's data is now, if it moved (found by content, not path:
+                            # its fingerprint must be the run's); "" = the path in its config.json
 # -----------------------------------------------------------------------------
 LN2 = np.log(2.0)
 EVALUATION_CODE_NOW = code_fingerprint(EVALUATION_CODE)     # an evaluation is redone when it changes
 
 
-def load_evalset(dataset, n, seed):
-    """The fixed evaluation windows of a dataset, drawn on first use and saved beside the data."""
-    path = os.path.join(dataset.dir, f"evalset_n{n}_s{seed}.npz")
+def derived_path(dataset, run_dir, name):
+    """Where a file derived from a dataset alone lives: beside the data when that folder is ours to
+    write, else in the runs folder, keyed by the data's fingerprint (read-only or shared data)."""
+    if run_dir is None or os.access(dataset.dir, os.W_OK):
+        return os.path.join(dataset.dir, name)
+    folder = os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".derived", dataset.fingerprint[:16])
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+
+def load_evalset(dataset, n, seed, run_dir=None):
+    """The fixed evaluation windows of a dataset, drawn on first use and saved (derived_path)."""
+    path = derived_path(dataset, run_dir, f"evalset_n{n}_s{seed}.npz")
     try:
         with np.load(path) as z:
             if str(z["fingerprint"]) == dataset.fingerprint:
@@ -154,7 +167,7 @@ def synthetic_references(windows, cat, names, weights, chains, counts, alphas, p
     return refs
 
 
-def load_run(run_dir, dataset_cache, device):
+def load_run(run_dir, dataset_cache, device, data_dir=""):
     """Check a run folder, load its model and dataset; one-line errors for what is wrong."""
     paths = {name: os.path.join(run_dir, name) for name in ("config.json", "done", "ckpt.pt")}
     if not os.path.isdir(run_dir) or not os.path.exists(paths["config.json"]):
@@ -167,12 +180,16 @@ def load_run(run_dir, dataset_cache, device):
         raise UserError(f"{run_dir} has not finished training (no done marker); finish it with "
                         f"`python train.py {argv}`")
     cfg = saved["config"]
-    if cfg["data_dir"] not in dataset_cache:
-        dataset_cache[cfg["data_dir"]] = Dataset(cfg["data_dir"])
-    dataset = dataset_cache[cfg["data_dir"]]
+    where = data_dir or cfg["data_dir"]
+    if not os.path.exists(os.path.join(where, "meta.json")):
+        raise UserError(f"{run_dir} was trained on data at {where}, which is not there now; if it moved, "
+                        f"point to it: `python evaluate.py {run_dir} --data_dir=<where it is now>`")
+    if where not in dataset_cache:
+        dataset_cache[where] = Dataset(where)
+    dataset = dataset_cache[where]
     if run_identity(cfg, dataset.fingerprint, saved.get("code", {}).get("fingerprint")) != saved.get("identity"):
-        raise UserError(f"{run_dir} was trained on another build of {cfg['data_dir']} (or its config.json "
-                        f"was edited); evaluate it on the data it was trained on, or train it again")
+        raise UserError(f"{run_dir} was trained on another build of {where} (or its config.json was edited); "
+                        f"evaluate it on the data it was trained on (--data_dir=...), or train it again")
     ckpt = load_checkpoint(paths["ckpt.pt"])
     if ckpt.get("identity") != saved["identity"] or ckpt["step"] != done.get("steps"):
         raise UserError(f"{run_dir}: its checkpoint (step {ckpt['step']}) is not the finished run that "
@@ -196,43 +213,44 @@ def summarise(losses):
 
 def previous_evaluation(run_dir, cfg, device):
     """The run's eval.json if it is complete and still valid: the same run (identity), finished
-    (its `done` names the step evaluated), the same evaluation set and precision, and an eval.npz
-    that loads. Anything else is evaluated again."""
+    (its `done` names the step evaluated), the same evaluation code, set and precision, and the
+    eval.npz it was written with (one unit: a torn pair is evaluated again). Paths in eval.json
+    are never opened as given: the evaluation set must be where this evaluation would put it."""
     try:
         previous = read_json(os.path.join(run_dir, "eval.json"))
         saved = read_json(os.path.join(run_dir, "config.json"))
         done = read_json(os.path.join(run_dir, "done"))
-        with np.load(os.path.join(run_dir, "eval.npz")) as z:
-            z.files                                              # noqa: B018 (readable index)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        npz_sha = file_sha(os.path.join(run_dir, "eval.npz"))
+        evalset = previous.get("evalset", {})
+        name = f"evalset_n{cfg.eval_windows}_s{cfg.eval_seed}.npz"
+        expected = {os.path.join(cfg.data_dir or saved["config"]["data_dir"], name),
+                    os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".derived",
+                                 str(saved.get("dataset", {}).get("fingerprint", ""))[:16], name)}
+        same = (previous.get("identity") == saved.get("identity") and previous.get("npz_sha") == npz_sha
+                and previous.get("evaluation_code") == EVALUATION_CODE_NOW          # evaluate.py edited: redo
+                and done.get("steps") == previous.get("steps") == previous.get("checkpoint_step")
+                and (evalset.get("n_windows"), evalset.get("seed")) == (cfg.eval_windows, cfg.eval_seed)
+                and previous.get("dtype") == resolve_dtype(cfg.dtype, device)
+                and evalset.get("path") in expected and os.path.isfile(evalset["path"])
+                and file_sha(evalset["path"]) == evalset.get("sha"))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    evalset = previous.get("evalset", {})
-    same = (previous.get("identity") == saved.get("identity")
-            and previous.get("evaluation_code") == EVALUATION_CODE_NOW          # evaluate.py edited: redo
-            and done.get("steps") == previous.get("steps") == previous.get("checkpoint_step")
-            and (evalset.get("n_windows"), evalset.get("seed")) == (cfg.eval_windows, cfg.eval_seed)
-            and previous.get("dtype") == resolve_dtype(cfg.dtype, device)
-            and os.path.exists(evalset.get("path", "")) and file_sha(evalset["path"]) == evalset.get("sha"))
     return previous if same else None
 
 
-def evaluate_run(run_dir, cfg, dataset_cache, device):
-    lock = lock_folder(run_dir, "evaluate.py") if os.path.isdir(run_dir) else None   # noqa: F841
-    eval_json = os.path.join(run_dir, "eval.json")
-    previous = None if cfg.force else previous_evaluation(run_dir, cfg, device)
-    if previous is not None:
-        print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
-        return previous
-    t0 = time.time()
-    saved, done, dataset, model, step = load_run(run_dir, dataset_cache, device)
-    evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed)
+def score(model, dataset, evalset, saved, run_dir, cfg, device):
+    """Every category's per-window, per-position losses (a tagged model: its own categories, told
+    the component), with the exact references on synthetic data. Returns (arrays, summaries, extra)."""
     names, weights = trained_on(saved)["components"], trained_on(saved)["weights"]
-    chains = dataset.chains()
+    chains, extra = dataset.chains(), {}
     if chains is not None:
         counts, alphas = learner_counts(run_dir, saved, dataset, chains)
+        evalset_path = derived_path(dataset, run_dir, cfg.evalset_name)
         per_dataset = dataset_references(dataset, evalset, evalset_path, chains)
-    dtype = resolve_dtype(cfg.dtype, device)
-    autocast = autocast_for(device, dtype)
+        extra = {"entropy_rate": {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])},
+                 "learner_alpha": {n: float(a) for n, a in zip(names, alphas)},
+                 "context_alpha": float(per_dataset["alpha"])}
+    autocast = autocast_for(device, resolve_dtype(cfg.dtype, device))
     batch_size = cfg.batch_size or logits_batch(model.config.padded_vocab)
     arrays, categories = {}, {}
     tagged = model.tag is not None          # told the component: scored on its own components only
@@ -249,39 +267,71 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
             for key, ref in refs.items():
                 arrays[f"{key}:{cat}"], entry[key] = ref.astype(np.float32), summarise(ref)
         categories[cat] = entry
-    with atomic_path(os.path.join(run_dir, "eval.npz")) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-    config = saved["config"]
+    return arrays, categories, extra
+
+
+def write_evaluation(run_dir, arrays, result):
+    """eval.npz, then eval.json naming its sha: one unit (a kill between the two leaves a pair that
+    previous_evaluation and plot see as torn). A full disk is one line; nothing else changes."""
+    try:
+        with atomic_path(os.path.join(run_dir, "eval.npz")) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        result["npz_sha"] = file_sha(os.path.join(run_dir, "eval.npz"))
+        write_json(os.path.join(run_dir, "eval.json"), result)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device writing {run_dir}'s evaluation; free some space and "
+                            f"run the same command (the run itself is untouched)")
+        raise
+
+
+def evaluate_run(run_dir, cfg, dataset_cache, device):
+    lock = lock_folder(run_dir, "evaluate.py") if os.path.isdir(run_dir) else None   # noqa: F841
+    eval_json = os.path.join(run_dir, "eval.json")
+    previous = None if cfg.force else previous_evaluation(run_dir, cfg, device)
+    if previous is not None:
+        print(f"{run_dir}: already evaluated ({eval_json}); --force to redo")
+        return previous
+    t0 = time.time()
+    saved, done, dataset, model, step = load_run(run_dir, dataset_cache, device, cfg.data_dir)
+    evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed, run_dir)
+    arrays, categories, extra = score(model, dataset, evalset, saved, run_dir, cfg, device)
+    config, names = saved["config"], trained_on(saved)["components"]
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "identity": saved["identity"],
               "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order,
                                                 saved.get("code", {}).get("fingerprint")),
               "evaluation_code": EVALUATION_CODE_NOW,
               "dataset": dataset.name, "source": dataset.source,
               "k": config["k"], "arm": run_arm(config), "k_mixture": config["components"],
-              "components": names, "weights": weights, "seed": config["seed"],
+              "components": names, "weights": trained_on(saved)["weights"], "seed": config["seed"],
               "model_size": saved["model"]["size"], "n_params": saved["model"]["n_params"],
               "token_budget": int(sum(trained_on(saved)["tokens"].values())),
               "tokens_trained": done["tokens"], "checkpoint_step": step, "steps": done["steps"],
-              "dtype": dtype, "evalset": {"path": evalset_path, "sha": file_sha(evalset_path),
-                                          "seed": cfg.eval_seed, "n_windows": cfg.eval_windows},
-              "categories": categories}
-    if chains is not None:
-        result["entropy_rate"] = {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])}
-        result["learner_alpha"] = {n: float(a) for n, a in zip(names, alphas)}
-        result["context_alpha"] = float(per_dataset["alpha"])
-    write_json(eval_json, result)
+              "dtype": resolve_dtype(cfg.dtype, device),
+              "evalset": {"path": evalset_path, "sha": file_sha(evalset_path), "seed": cfg.eval_seed,
+                          "n_windows": cfg.eval_windows},
+              "categories": categories, **extra}
+    write_evaluation(run_dir, arrays, result)
     own = np.mean([categories[n]["xe_mean"] for n in names])
     kind = "" if result["arm"] == "mixture" else f" {result['arm']}"
+    counts = sorted({c["n_windows"] for c in categories.values()})
+    windows = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     print(f"{run_dir}: K={config['k']}{kind} XE over its own components {own:.4f} nats "
-          f"({own / LN2:.4f} bits), {len(categories)} categories x {cfg.eval_windows} windows "
-          f"in {time.time() - t0:.1f}s")
+          f"({own / LN2:.4f} bits), {len(categories)} categories x {windows} windows in {time.time() - t0:.1f}s")
     return result
 
 
 def main(argv):
     runs = [a for a in argv if not a.startswith("--")]
     cfg = SimpleNamespace(**configure(config_defaults(globals()), [a for a in argv if a.startswith("--")]))
+    for ok, key, advice in ((cfg.eval_windows >= 1, "eval_windows", "use at least 1 window per category"),
+                            (cfg.eval_seed >= 0, "eval_seed", "use a seed >= 0"),
+                            (cfg.batch_size >= 0, "batch_size", "use a positive number, or 0 for the default"),
+                            (cfg.cpu_threads >= 0, "cpu_threads", "use a positive number, or 0 for the default")):
+        if not ok:
+            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+    cfg.evalset_name = f"evalset_n{cfg.eval_windows}_s{cfg.eval_seed}.npz"
     if not runs:
         raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
                         "(`ls out/` lists them)")

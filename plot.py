@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from harness import analysis, decomposition, experiments, generalisation, report
+from harness import analysis, decomposition, experiments, generalisation, report, sizes
 from configurator import UserError, config_defaults, configure, run_cli
 from harness.data import BLOCK, range_label
 from harness.runs import atomic_write_bytes, write_json
@@ -249,17 +249,23 @@ def figure_late_power_law(a, results_dir):
     return save_figure(fig, results_dir, "fig_late_power_law")
 
 
-def figure_model_size(rows, results_dir):
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ks = sorted({r.k for r in rows})
-    colours, scopes = k_colours(ks), set()
-    for k in ks:
-        cells = sorted((r for r in rows if r.k == k), key=lambda r: r.n_params)
-        scopes |= errorbar(ax, [r.n_params for r in cells], [r.xe_mean for r in cells], line="-",
-                           color=colours[k], label=f"K={k}")
-    ax.set(xscale="log", xlabel="parameters", ylabel="XE, mean over t (nats)",
-           title="first component vs model size")
-    style_axes(fig, [ax], scopes, log_grid=True)
+def figure_model_size(sizes, results_dir):
+    """Per model size: XE on the first component against K (left) and the identification part,
+    the network's cost of inferring the component in context, against K (right)."""
+    fig, (ax, ax_parts) = plt.subplots(1, 2, figsize=(11, 4))
+    scopes = set()
+    for i, r in enumerate(sizes.results):
+        ks = list(r.cells)
+        label = f"{r.size} ({r.n_params / 1e3:,.0f}k params)"
+        scopes |= errorbar(ax, ks, [r.cells[k].xe_mean for k in ks], line="-", color=f"C{i}", label=label)
+        parts = [(k, p.parts["identification"]) for k, p in r.parts.items() if "identification" in p.parts]
+        if parts:
+            scopes |= errorbar(ax_parts, [k for k, _ in parts], [v for _, v in parts], line="-", color=f"C{i}",
+                               label=label)
+    ax.set(xlabel="K", ylabel=f"XE, {range_label('xe_mean')} (nats)", title="first component, per size")
+    ax_parts.axhline(0, color="grey", lw=0.8)
+    ax_parts.set(xlabel="K", ylabel="identification: mixture - tagged (nats)", title="identification, per size")
+    style_axes(fig, [ax, ax_parts], scopes)
     return save_figure(fig, results_dir, "fig_model_size")
 
 
@@ -410,7 +416,7 @@ def main(argv):
         analysis=study_analysis,
         experiments=analysis.summarise_experiments(groups, experiment, first),
         budget=experiments.budget_check(experiment.runs), controls=experiments.arm_checks(experiment),
-        sizes=analysis.size_rows(groups, experiment, first) if first else None,
+        sizes=sizes.analyse_sizes(groups, experiment, first, cfg.n_boot, cfg.boot_seed),
         dataset_stats=dataset_stats, order_known=order_known, n_boot=cfg.n_boot,
         unseen=generalisation.analyse_unseen(experiment))
 

@@ -13,6 +13,7 @@ Output, one dataset per folder (built in a temporary folder and renamed into pla
     data/<dataset>/<component>/<split>.idx    int64 document start offsets (n_docs + 1)
     data/<dataset>/chains.npz                 synthetic only: the chains, for Bayes-optimal XE
 """
+import contextlib
 import fcntl
 import glob
 import os
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from configurator import UserError, config_defaults, configure, run_cli
-from harness.data import SPLITS, Dataset, content_fingerprint, default_order
+from harness.data import SPLITS, Dataset, content_fingerprint, default_order, replacing_lock
 from harness.references import stationary_distribution
 from harness.runs import DIR_MODE, provenance, write_json
 
@@ -293,13 +294,23 @@ def sample_docs(rng, transition, stationary, lengths):
     return [states[i, :lengths[i]] for i in range(n)]
 
 
+def check_synthetic(cfg):
+    """Every synthetic setting in range, before any work: one line per mistake."""
+    checks = [(1 <= cfg.n_components <= 11, "n_components", "use 1 to 11 synthetic components"),
+              (2 <= cfg.synth_vocab <= 4096, "synth_vocab", "use 2 to 4096 states (the chains are V x V)"),
+              (cfg.concentration > 0, "concentration", "use a positive Dirichlet concentration, e.g. 0.03"),
+              (0 < cfg.floor <= 1, "floor", "use a uniform floor in (0, 1], e.g. 0.02")]
+    for ok, key, advice in checks:
+        if not ok:
+            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+
+
 def write_synthetic(cfg, out):
-    if not 1 <= cfg.n_components <= 11:
-        raise UserError(f"n_components={cfg.n_components}: use 1 to 11 synthetic components")
+    check_synthetic(cfg)
     if len(cfg.doc_tokens) != 2 or not 1 <= cfg.doc_tokens[0] <= cfg.doc_tokens[1]:
         raise UserError(f"doc_tokens={cfg.doc_tokens}: give a range (min, max), e.g. --doc_tokens=1000,4000")
-    if len(cfg.split_tokens) != 3:
-        raise UserError(f"split_tokens={cfg.split_tokens}: give train, val, test token counts")
+    if len(cfg.split_tokens) != 3 or min(cfg.split_tokens) < 1:
+        raise UserError(f"split_tokens={cfg.split_tokens}: give train, val, test token counts, each positive")
     rng = np.random.default_rng(cfg.seed)
     eot = cfg.synth_vocab
     names = [f"chain{i}" for i in range(cfg.n_components)]
@@ -383,19 +394,42 @@ def build_dataset(final, build, source, seed):
             meta["entropy_rate"] = built["entropy_rate"]
         meta["fingerprint"] = content_fingerprint(work, meta)
         write_json(os.path.join(work, "meta.json"), meta)
-        if os.path.exists(final):
-            old = final + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-            os.rename(work, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(work, final)
+        replace(final, work, parent)
         os.remove(os.path.join(final, ".building"))
     finally:
         building.close()
         shutil.rmtree(work, ignore_errors=True)
     return built, stats
+
+
+def replace(final, work, parent):
+    """Put the finished build in place. An old dataset is first renamed to a temporary name of
+    our own (never a name a user could have made, like <data_dir>.old), and deleted only once the
+    new one is in place; a kill between the two renames leaves the complete build under its
+    temporary name, which the next prepare puts in place (remove_dead_builds)."""
+    if not os.path.exists(final):
+        os.rename(work, final)
+        return
+    old = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(final)}-replaced-")
+    os.rmdir(old)
+    os.rename(final, old)
+    os.rename(work, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_build(final):
+    """A complete build (meta.json written) whose prepare was stopped before renaming it into place
+    is put in place when the dataset is missing: a finished build is never thrown away."""
+    parent, name = os.path.dirname(os.path.abspath(final)), os.path.basename(final)
+    if os.path.exists(final):
+        return
+    done = [f for f in glob.glob(os.path.join(parent, f".tmp-{name}-*")) if "-replaced-" not in f
+            and os.path.exists(os.path.join(f, "meta.json")) and not building(f)]
+    for folder in sorted(done, key=os.path.getmtime, reverse=True)[:1]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, ".building"))
+        os.rename(folder, final)
+        print(f"note: put {final} in place: the prepare that finished it was stopped before its rename")
 
 
 def remove_dead_builds(parent, name):
@@ -407,13 +441,22 @@ def remove_dead_builds(parent, name):
             if time.time() - os.path.getmtime(folder) > 600:
                 shutil.rmtree(folder, ignore_errors=True)
             continue
-        with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue                     # a live prepare
+        if building(folder):
+            continue                         # a live prepare
         shutil.rmtree(folder, ignore_errors=True)
         print(f"note: removed {folder}, left by a prepare that did not finish")
+
+
+def building(folder):
+    """Whether a live prepare holds this temporary folder's lock."""
+    try:
+        with open(os.path.join(folder, ".building"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def main(argv):
@@ -421,8 +464,13 @@ def main(argv):
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
     if cfg.source not in ("arxiv", "synthetic"):
         raise UserError(f"source='{cfg.source}': use --source=arxiv or --source=synthetic")
+    if not 0 <= cfg.seed < 2 ** 63:
+        raise UserError(f"seed={cfg.seed}: use a seed >= 0 (and below 2**63)")
+    if cfg.source == "synthetic":
+        check_synthetic(cfg)
     cfg.data_dir = cfg.data_dir or os.path.join("data", cfg.source)
     final = cfg.data_dir.rstrip("/")
+    recover_build(final)
     if os.path.exists(os.path.join(final, "meta.json")) and not cfg.force:
         rebuild = f"`python prepare.py --source={cfg.source} --data_dir={final} --force`"
         try:
@@ -438,6 +486,7 @@ def main(argv):
         raise UserError(f"{final} exists and is not a prepared dataset (no meta.json); move it "
                         f"away or choose another --data_dir (e.g. data/{cfg.source})")
     build = write_synthetic if cfg.source == "synthetic" else tokenize_arxiv
+    replacing = replacing_lock(final) if os.path.exists(os.path.join(final, "meta.json")) else None  # noqa: F841
     t0 = time.time()
     built, stats = build_dataset(final, lambda work: build(cfg, work), cfg.source, cfg.seed)
     total = sum(s["tokens"] for per in built["splits"].values() for s in per.values())

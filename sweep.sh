@@ -11,6 +11,7 @@
 # interrupted ones resume from their checkpoints, evaluations are not repeated. Runs with other
 # settings (an ablation, a changed default) get their own folders beside the old ones.
 set -uo pipefail
+CALLER_DIR=$PWD                               # relative OUT, RESULTS, DATA are the caller's
 cd "$(dirname "$0")"
 
 MODE=arxiv
@@ -55,7 +56,13 @@ fi
 # -----------------------------------------------------------------------------------------------
 
 VISIBLE_GPUS=${CUDA_VISIBLE_DEVICES:-}        # the user's list, before slots narrow it per run
-mkdir -p "$OUT"
+# paths the user gave are relative to where they stand, not to this script's folder
+absolute() { if [[ $1 == /* ]]; then echo "$1"; else echo "$CALLER_DIR/$1"; fi; }
+OUT=$(absolute "$OUT"); RESULTS=$(absolute "$RESULTS"); DATA=$(absolute "$DATA")
+mkdir -p "$OUT" || { echo "error: cannot create $OUT; choose another OUT=" >&2; exit 2; }
+for own in "$OUT/.sweep.lock" "$OUT/.sweep.pid" "$OUT/sweep.log"; do   # never written through a link
+  if [[ -L $own ]]; then echo "error: $own is a symbolic link; remove it (rm $own) and run again" >&2; exit 2; fi
+done
 SWEEP_LOG="$OUT/sweep.log"
 say() { echo "[$(date '+%H:%M:%S')] $*" | tee -a "$SWEEP_LOG"; }
 
@@ -149,6 +156,25 @@ for size in $SIZES; do
   size_args "$size" >/dev/null || { echo "error: size '$size': use a config name (config/<size>.py) or" \
                                          "<L>L-<d>d-<h>h, e.g. SIZES=\"2L-32d-4h synthetic\"" >&2; exit 2; }
 done
+# a grid in which two cells are one run would train one folder twice at once: refuse it
+for list in "$KS" "$SEEDS" "$SIZES" "$ARMS"; do
+  if [[ $(tr ' ' '\n' <<<"$list" | grep -c .) -ne $(tr ' ' '\n' <<<"$list" | grep . | sort -u | wc -l) ]]; then
+    echo "error: '$list' names a value twice; each K, seed, size and arm once" >&2; exit 2
+  fi
+done
+if [[ $(wc -w <<<"$SIZES") -gt 1 ]]; then
+  declare -A SIZE_OF=()
+  for size in $SIZES; do
+    # shellcheck disable=SC2046
+    one=$($PYTHON train.py $BASE_CONFIG $(size_args "$size") --data_dir="$DATA" --out_root="$OUT" \
+          --k="${KS%% *}" --seed="${SEEDS%% *}" "${EXTRA[@]}" --print_run_dir 2>/dev/null) || continue
+    if [[ -n ${SIZE_OF[$one]:-} ]]; then
+      echo "error: sizes '${SIZE_OF[$one]}' and '$size' are the same model (one run folder, $one); drop one" >&2
+      exit 2
+    fi
+    SIZE_OF[$one]=$size
+  done
+fi
 
 run_one() {   # size k seed arm slot
   local size=$1 k=$2 seed=$3 arm=$4 slot=$5

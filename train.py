@@ -17,6 +17,7 @@ holds this run. Kill it at any time: the same command resumes from the last chec
 bit-identically (on CPU) to an uninterrupted run; a finished run does nothing.
 """
 import contextlib
+import errno
 import importlib.util
 import json
 import math
@@ -182,7 +183,8 @@ def read_config(argv):
               (0 <= cfg.dropout < 1, "dropout", "use 0 <= dropout < 1"),
               (cfg.token_budget >= 0, "token_budget", "use a positive number, or 0 for the default"),
               (cfg.n_embd % cfg.n_head == 0, "n_embd", f"must be a multiple of n_head={cfg.n_head}"),
-              (cfg.learning_rate > 0 and cfg.min_lr >= 0, "learning_rate", "use a positive rate"),
+              (0 < cfg.learning_rate < math.inf and 0 <= cfg.min_lr < math.inf, "learning_rate",
+               "use a finite positive rate"),
               (cfg.dtype in ("auto", "bfloat16", "float32"), "dtype", "use auto, bfloat16 or float32"),
               (cfg.loss_impl in ("auto", *LOSS_IMPLS), "loss_impl", f"use auto, {', '.join(LOSS_IMPLS)}")]
     checks += [(getattr(cfg, key) in ("auto", True, False), key, "use auto, True or False")
@@ -346,8 +348,16 @@ def save_checkpoint(job, model, state):
             "optimizer": model.optimizer.state_dict(),
             "step": state.step, "tokens_seen": state.tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    with atomic_path(job.paths.ckpt) as tmp:
-        torch.save(ckpt, tmp)
+    try:
+        with atomic_path(job.paths.ckpt) as tmp:
+            torch.save(ckpt, tmp)
+    except (OSError, RuntimeError) as e:      # torch reports a full disk as a RuntimeError
+        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT) or \
+                isinstance(e, RuntimeError) and "write" not in str(e):
+            raise
+        kept = "its previous checkpoint is kept" if os.path.exists(job.paths.ckpt) else "no checkpoint was kept"
+        raise UserError(f"could not write {job.paths.ckpt} (no space left on the device?); {kept}: free some "
+                        f"space and run the same command to resume")
 
 
 # -----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ METRICS = tuple(POSITION_RANGES)     # every table, figure and sentence iterates
 LATE = METRICS.index("xe_late")       # the late range: the late-position law and the areas
 VIEWS = {"first": "first component", "own": "own components (mean)",
          "top5": "top five (mean)", "unseen": "unseen categories (mean)"}
-SIZE_KEYS = ("n_layer", "n_head", "n_embd")   # experiments that differ only here: the model-size figure
 
 
 # -----------------------------------------------------------------------------
@@ -134,22 +133,6 @@ class Analysis:
 
 
 @dataclass
-class SizeRow:
-    size: str
-    n_params: int
-    k: int
-    n_seeds: int
-    n_windows: int
-    xe_mean: Interval
-
-
-
-
-
-
-
-
-@dataclass
 class ExperimentSummary:
     """An experiment beside the main one: how it differs, its budget check, its first-component XE."""
     experiment: Experiment
@@ -170,7 +153,7 @@ class Study:
     experiments: list               # ExperimentSummary, the main one first
     budget: BudgetCheck
     controls: list                  # ControlCheck
-    sizes: list = None              # SizeRow, when several sizes ran
+    sizes: object = None            # sizes.Sizes: research question 2, when several sizes ran
     dataset_stats: dict = None
     order_known: bool = False
     n_boot: int = 0
@@ -359,28 +342,7 @@ def paired_contrasts(per_window, cells, docs):
 
 
 # -----------------------------------------------------------------------------
-# checks and comparisons across experiments
-
-def size_rows(experiments, main, first):
-    """First-component XE per (model size, K) over the experiments that differ from `main` only in size."""
-    family = [x for x in experiments.values()
-              if x.runs and all(d.key in SIZE_KEYS for d in differences(main, x))]
-    cells = {}
-    for r in (r for x in family for r in x.runs if first in r.components):
-        cells.setdefault((r.eval["model_size"], r.eval["n_params"], r.k), []).append(r)
-    if len({size for size, _, _ in cells}) < 2:
-        return None
-    rows = []
-    for (size, n_params, k), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-        values, docs = stack_view(cell, [first])
-        rows.append(SizeRow(size, n_params, k, len(cell), values.shape[1],
-                            Interval.of(crossed_mean(values.mean(-1), docs))))
-    return rows
-
-
-
-
-
+# the other experiments
 
 def summarise_experiments(experiments, main, first):
     """The main experiment, then every other one with how it differs and its first-component XE per K."""

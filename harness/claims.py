@@ -95,10 +95,16 @@ def k_claims(parts):
     return claims
 
 
+def holm_text(test):
+    """A test's estimate with its interval at its Holm level, as the table shows it."""
+    lo, hi = at_level(test.interval, test.level if not math.isnan(test.level) else 0.95)
+    return f"{test.interval.value:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
 def sentence(c, fmt):
-    """What one K's family establishes, in a sentence or two."""
+    """What one K's family establishes, in a sentence or two (intervals at their Holm levels)."""
     established = [n for n, t in c.parts.items() if t.established]
-    said = [f"{PART_LABELS[n]} {fmt(t.interval, 4)} ({'raises XE' if t.interval.value > 0 else 'helps'})"
+    said = [f"{PART_LABELS[n]} {holm_text(t)} ({'raises XE' if t.interval.value > 0 else 'helps'})"
             for n, t in c.parts.items() if t.established]
     unsupported = [n for n, t in c.parts.items() if not t.supports]
     text = f"K={c.k}: total {fmt(c.total, 4)}. "
@@ -114,7 +120,11 @@ def sentence(c, fmt):
         return text + f"The largest part is {PART_LABELS[c.leader]}."
     if len(established) == 1 and len(c.parts) > 1:
         return text + "It is the only established part; the others' intervals include 0."
-    return text + "Which part is largest is not established (their magnitudes are not separated)."
+    open_signs = [PART_LABELS[n] for n, t in c.parts.items() if not t.established]
+    if open_signs:
+        return text + (f"Which part is largest is not established: the sign of {', '.join(open_signs)} is not, "
+                       f"so its magnitude is not compared.")
+    return text + "Which part is largest is not established: the largest magnitudes are not separated."
 
 
 def conclusion_lines(d, fmt):

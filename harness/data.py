@@ -72,6 +72,33 @@ def content_fingerprint(data_dir, meta):
     return h.hexdigest()
 
 
+def hold_for_reading(data_dir):
+    """A shared lock on the dataset for this process's life: `prepare.py --force` refuses to
+    replace a dataset that a train.py or evaluate.py is reading (replacing_lock). None where the
+    folder is not ours to write (read-only data cannot be rebuilt under a reader either)."""
+    import fcntl
+    try:
+        handle = open(os.path.join(data_dir, ".readers"), "a+")
+    except OSError:
+        return None
+    fcntl.lockf(handle, fcntl.LOCK_SH)      # a process's own locks never conflict with each other
+    return handle
+
+
+def replacing_lock(data_dir):
+    """The exclusive lock prepare.py --force takes before replacing a dataset; a UserError naming
+    the readers' cause when some process reads it."""
+    import fcntl
+    handle = open(os.path.join(data_dir, ".readers"), "a+")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"{data_dir} is being read by a running train.py or evaluate.py (a sweep?); "
+                        f"stop it, or build the new data elsewhere with --data_dir=<other folder>")
+    return handle
+
+
 def default_order(train_tokens):
     """
     The default component order, from each component's train tokens: the top five, smallest
@@ -102,6 +129,7 @@ class Dataset:
         if not os.path.isfile(meta_path):
             raise UserError(f"no prepared dataset in {data_dir} (meta.json missing); "
                             f"run `{prepare_command(data_dir)}`")
+        self.reading = hold_for_reading(data_dir)
         try:
             with open(meta_path) as f:
                 self.meta = json.load(f)
@@ -121,8 +149,8 @@ class Dataset:
                                 f"reads uint16 (vocabularies up to 65,536): rebuild it with "
                                 f"`{prepare_command(data_dir)} --force`")
             self.check_files()
-        except (KeyError, TypeError) as e:
-            raise UserError(f"{meta_path} is not a dataset's meta.json (no {e}); rebuild the "
+        except (KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{meta_path} is not a dataset's meta.json ({type(e).__name__}: {e}); rebuild the "
                             f"dataset with `{prepare_command(data_dir)} --force`")
         # datasets prepared before fingerprints were recorded, or before the default order went on
         # past the top five (2026-11-28), get theirs from the files: their runs are trained again

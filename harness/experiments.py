@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from configurator import UserError
-from harness.data import POSITION_RANGES, positions
+from harness.data import POSITION_RANGES, file_sha, positions
 from harness.runs import (DEFAULT_CONFIGS, TRAINING_CODE, code_fingerprint, experiment_config,
                           experiment_identity, read_json, read_log, run_arm, train_defaults, trained_on)
 
@@ -92,6 +92,16 @@ def read_run(folder):
         done = read_json(os.path.join(folder, "done"))
     except (OSError, ValueError) as e:
         return f"config.json or done unreadable ({type(e).__name__}); train it again"
+    needed = ("identity", "k", "seed", "components", "categories", "dataset", "source")
+    if not (isinstance(ev, dict) and isinstance(config, dict) and isinstance(done, dict)) or \
+            any(key not in ev for key in needed) or "dataset" not in config or "steps" not in done:
+        return (f"damaged run files (eval.json, config.json or done is not what train.py and evaluate.py "
+                f"write); re-run `python evaluate.py {folder} --force`, or train it again")
+    torn = ev.get("npz_sha") not in (None, file_sha(os.path.join(folder, "eval.npz"))) or any(
+        len(arrays.get(f"model:{c}", ())) != v.get("n_windows") for c, v in ev.get("categories", {}).items())
+    if torn:
+        return f"eval.json and eval.npz are not one evaluation (interrupted between them); re-run " \
+               f"`python evaluate.py {folder} --force`"
     if "identity" not in ev or ev.get("identity") != config.get("identity"):
         return f"evaluated before this version or for another run; re-run `python evaluate.py {folder}`"
     if ev.get("checkpoint_step") != done.get("steps"):

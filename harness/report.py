@@ -403,9 +403,35 @@ def late_caption(s):
             f"excess over K={a.reference_k}, which the fit predicts as c (K^beta - 1) / beta.")
 
 
+def size_caption(s):
+    return (f"Research question 2 on `{s.analysis.first}`: XE against K per model size (left) and the "
+            "identification part, mixture - tagged mixture (right), with 95% CIs; the experiments of this "
+            "family differ from the main one only in n_layer, n_head, n_embd.")
+
+
 def size_body(s):
-    return [f"- {r.size} ({r.n_params:,} params), K={r.k}: {fmt(r.xe_mean)} ({r.n_seeds} seeds, "
-            f"{r.n_windows} windows)" for r in s.sizes]
+    """Per size: XE, the four parts and the distance to the learner per K; the ln K slope; then the
+    paired contrasts between sizes at each K (Holm over K per pair)."""
+    names = list(PARTS)
+    lines = ["| size | params | K | seeds | XE | " + " | ".join(PART_LABELS[n] for n in names) +
+             " | model - learner |", "|---" * (6 + len(names)) + "|"]
+    for r in s.sizes.results:
+        for k, cell in r.cells.items():
+            parts = r.parts.get(k)
+            cells = " | ".join(fmt(parts.parts[n], 4) if parts and n in parts.parts else "—" for n in names)
+            gap = fmt(r.learner_gap[k], 4) if k in r.learner_gap else "—"
+            lines.append(f"| {r.size} | {r.n_params:,} | {k} | {cell.n_seeds} | {fmt(cell.xe_mean)} | {cells} "
+                         f"| {gap} |")
+    fits = [f"{r.size}: slope b = {fmt(fit_interval(r.lnk_fit, 'b'), 4)} per ln K" for r in s.sizes.results
+            if r.lnk_fit]
+    if fits:
+        lines += ["", "XE = a + b ln K fitted per size (run-level points): " + "; ".join(fits) + "."]
+    if s.sizes.contrasts:
+        lines += ["", "| K | larger - smaller size | difference | Holm p |", "|---|---|---|---|"]
+        lines += [f"| {c.k} | {c.larger} - {c.smaller} | {fmt(c.difference, 4)} | {fmt_p(c.p_holm)} |"
+                  for c in s.sizes.contrasts]
+    notes = scope_notes([c.xe_mean for r in s.sizes.results for c in r.cells.values()])
+    return lines + ([""] + notes if notes else [])
 
 
 def unseen_caption(s):
@@ -444,9 +470,10 @@ def unseen_sentence(u):
                 f"K = {u.rows[0].k} to K = {last.k} is {fmt(last.change, 4)} (Holm p {fmt_p(last.p_holm)}"
                 + (", one-seed interval" if last.change.covers != "seeds and documents" else "") + ").")
     direction = "lowers" if last.change.value < 0 else "raises"
+    uniform = f" (the uniform predictor: ln V = {u.uniform:.3f})" if u.uniform is not None else ""
     return (f"Training on K = {last.k} components instead of {u.rows[0].k} {direction} XE on the unseen "
             f"ones by {abs(last.change.value):.4f} nats (Holm p {fmt_p(last.p_holm)})" +
-            (f"; the model stays {fmt(last.gap, 4)} from the in-context learner." if last.gap else "."))
+            (f"; the model stays {fmt(last.gap, 4)} above the in-context learner{uniform}." if last.gap else "."))
 
 
 def dataset_caption(s):
@@ -485,10 +512,9 @@ SECTIONS = [
     Section("unseen", "Unseen components (research question 3)", unseen_caption, unseen_body,
             lambda s: f"Unseen components: {s.unseen.reason}." if s.unseen is not None and s.unseen.reason
             and not s.unseen.rows else None),
-    Section("model_size", "XE against model size",
-            lambda s: f"Mean XE on `{s.analysis.first}` against parameter count, one line per K (95% CIs).",
-            size_body, lambda s: "XE against model size: only one model size ran (among the experiments that "
-                                 "differ from the main one only in n_layer, n_head, n_embd)."),
+    Section("model_size", "Model size (research question 2)", size_caption, size_body,
+            lambda s: "Model size: only one model size ran (among the experiments that differ from the main one "
+                      "only in n_layer, n_head, n_embd); `SIZES=... bash sweep.sh` runs several."),
     Section("dataset", "Dataset composition", dataset_caption, missing=dataset_note),
     Section("training", "Training curves",
             lambda s: "Training loss (left) and validation loss on the mixture's val split (right) against "

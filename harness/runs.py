@@ -3,6 +3,8 @@ The run folder: how its files are written (atomically, never half-written), what
 about where it came from, and (below) the run's identity, name and lock.
 """
 import ast
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -81,15 +83,20 @@ def read_run_file(path, folder, required=True):
 
 
 def read_log(path):
-    """log.jsonl entries; a torn last line (a run killed mid-write) is skipped, not fatal."""
+    """log.jsonl's records: a torn last line (a run killed mid-write), bytes that are not UTF-8 or
+    lines that are not a record of train.py's (an object with a kind and a step) are skipped."""
     entries = []
     if os.path.exists(path):
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    entries.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
-                    pass
+                    continue
+                number = isinstance(record, dict) and {"train": "loss", "val": "val_loss"}.get(record.get("kind"))
+                if number and isinstance(record.get("step"), int) and all(
+                        isinstance(record.get(key), (int, float)) for key in (number, "tokens")):
+                    entries.append(record)
     return entries
 
 
@@ -312,15 +319,38 @@ def default_run_name(config, dataset_name, identity, size_label):
 # -----------------------------------------------------------------------------
 # one process per run folder, and nothing left running when a sweep dies
 
+def open_no_follow(path, writable=True):
+    """A file of ours opened without following a symbolic link (a link planted in a copied run
+    folder must never redirect a write elsewhere): created with the umask's mode if missing.
+    Read-only when this user may not write it (another user's run folder)."""
+    flags = (os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags, FILE_MODE)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise UserError(f"{path} is a symbolic link; this harness never follows one for its own files: "
+                            f"remove it (`rm {path}`) and run this again")
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and writable and os.path.exists(path):
+            return open_no_follow(path, writable=False)
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"no permission to write {path} ({os.strerror(e.errno)}); run this as the folder's "
+                            f"owner, or copy the run folder to a place of your own")
+        raise
+
+
 def lock_folder(folder, what):
     """
     Hold an exclusive lock on a run folder for this process's life (the OS releases it when the
     process dies, however it dies). A second holder gets one line naming the PID that holds it.
-    Returns the open lock file; keep a reference to it.
+    The lock file is never followed if it is a link, and another user's read-only folder is
+    locked read-only (flock needs no write access). Returns the open lock file; keep it.
     """
     import fcntl
-    os.makedirs(folder, exist_ok=True)
-    handle = open(os.path.join(folder, ".lock"), "a+")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {folder} ({os.strerror(e.errno)}); choose another folder")
+    handle = os.fdopen(open_no_follow(os.path.join(folder, ".lock")), "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -329,10 +359,11 @@ def lock_folder(folder, what):
         handle.close()
         raise UserError(f"{folder} is in use by another process ({holder}); wait for it to finish "
                         f"or stop it, then run this again")
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"PID {os.getpid()}, {what}")
-    handle.flush()
+    with contextlib.suppress(OSError):               # read-only for another user: the lock still holds
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()}, {what}")
+        handle.flush()
     return handle
 
 

@@ -85,6 +85,8 @@ def test_bf16_autocast_and_fused_adamw_on_cpu_train_and_evaluate_near_float32(ti
     assert bf16.keys() == float32.keys()
     for key in float32:
         assert np.isfinite(bf16[key]) and abs(bf16[key] - float32[key]) < 0.05, key
+    # autocast really on: bf16's rounding shows (a run that ignored --dtype would match float32)
+    assert max(abs(bf16[key] - float32[key]) for key in float32) > 1e-5
     fused = run(tiny_synthetic, tmp_path / "fused", "--fused_adamw=True")
     for key in float32:                             # the fused kernel: rounding differences only
         assert abs(fused[key] - float32[key]) < 1e-4, key
@@ -130,3 +132,17 @@ def test_the_hand_written_cross_entropy_matches_torchs_in_value_and_gradient(dty
     assert torch.allclose(losses, expected, atol=1e-5)
     assert ours.grad.dtype == dtype
     assert torch.allclose(ours.grad.float(), reference.grad.float(), atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_optimizer_is_fused_exactly_where_asked(tiny_synthetic, tmp_path):
+    """--fused_adamw reaches torch's AdamW (fused=True), and is off where not asked."""
+    from types import SimpleNamespace
+    for switch, expected in (("True", True), ("False", False)):
+        cfg = train.read_config([f"--data_dir={tiny_synthetic}", "--device=cpu", f"--fused_adamw={switch}",
+                                 "--n_layer=1", "--n_head=2", "--n_embd=16", "--k=2"])
+        runtime = train.resolve_runtime(cfg, torch.device("cpu"))
+        share = train.Share(["chain0", "chain1"], [1, 1], [0.5, 0.5], 1)
+        job = train.Job(cfg, SimpleNamespace(ckpt=str(tmp_path / "none")), share, 1,
+                        train.Place(torch.device("cpu"), 0, 1))
+        model, _ = train.build_model(job, runtime, 9)
+        assert bool(model.optimizer.defaults.get("fused")) is expected, switch

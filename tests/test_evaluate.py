@@ -112,6 +112,15 @@ def test_per_position_losses_match_the_models_logits(trained_run, tiny_synthetic
     assert entry["xe_mean_bits"] == pytest.approx(entry["xe_mean"] / np.log(2))
     assert entry["in_mixture"] and not summary["categories"][ds.default_order[2]]["in_mixture"]
     assert {"bayes", "oracle"} <= set(entry) and len(entry["bayes"]["xe_t"]) == BLOCK
+    from harness import references         # the references' own values, window by window
+    chains, names = ds.chains(), summary["components"]
+    index = [list(chains["names"]).index(n) for n in names]
+    windows_first = np.concatenate([x, y[:, -1:]], axis=1)
+    c = list(chains["names"]).index(first)
+    np.testing.assert_allclose(saved[f"oracle:{first}"], references.bayes_losses(
+        windows_first, chains["transition"][[c]], chains["stationary"][[c]], np.ones(1)), rtol=1e-5)
+    np.testing.assert_allclose(saved[f"bayes:{first}"], references.bayes_losses(
+        windows_first, chains["transition"][index], chains["stationary"][index], np.full(2, 0.5)), rtol=1e-5)
     # the model cannot beat the true chain on average over its own components
     assert entry["xe_mean"] > entry["oracle"]["xe_mean"] - 0.05
 
@@ -225,3 +234,33 @@ def test_the_tagged_mixture_uses_its_tag(tiny_synthetic, tmp_path):
     evaluate.main([out, *EVAL])
     result = json.load(open(os.path.join(out, "eval.json")))
     assert result["arm"] == "tagged" and sorted(result["categories"]) == sorted(names)
+
+
+def test_a_weighted_runs_references_use_its_weights(tiny_synthetic, tmp_path):
+    """--weights=3,1: the Bayes predictor and the learner weigh the run's chains 0.75 / 0.25 (a
+    uniform prior would give other numbers), checked against references.py directly."""
+    from harness import references
+    out = str(tmp_path / "weighted")
+    train.main([f"--data_dir={tiny_synthetic}", f"--out_dir={out}", *TINY_RUN, "--k=2", "--weights=3,1"])
+    evaluate.main([out, *EVAL])
+    saved = json.load(open(os.path.join(out, "config.json")))
+    weights = np.array(saved["trained_on"]["weights"])
+    assert np.allclose(weights, [0.75, 0.25])
+    ds = Dataset(tiny_synthetic)
+    chains = ds.chains()
+    names = saved["trained_on"]["components"]
+    index = [list(chains["names"]).index(n) for n in names]
+    counts, alphas = evaluate.learner_counts(out, saved, ds, chains)
+    evalset = np.load(os.path.join(tiny_synthetic, "evalset_n40_s0.npz"))
+    with np.load(os.path.join(out, "eval.npz")) as z:
+        for cat in names:
+            x, y = gather_windows(ds.tokens(cat, "test"), evalset[f"start:{cat}"])
+            windows = np.concatenate([x, y[:, -1:]], axis=1)
+            transition, stationary = chains["transition"][index], chains["stationary"][index]
+            bayes = references.bayes_losses(windows, transition, stationary, weights)
+            learner = references.learner_losses(windows, counts, alphas, weights)
+            np.testing.assert_allclose(z[f"bayes:{cat}"], bayes, rtol=1e-5)
+            np.testing.assert_allclose(z[f"learner:{cat}"], learner, rtol=1e-5)
+            uniform = references.bayes_losses(windows, chains["transition"][index], chains["stationary"][index],
+                                              np.array([0.5, 0.5]))
+            assert np.abs(z[f"bayes:{cat}"] - uniform).max() > 1e-3            # the weights matter here

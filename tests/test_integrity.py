@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,6 @@ import evaluate
 import train
 from configurator import UserError
 from conftest import ROOT, make_synthetic
-from harness.runs import FILE_MODE
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",
         "--warmup_iters=2", "--log_interval=2", "--eval_interval=50", "--val_windows=8", "--ckpt_interval=4",
@@ -153,11 +153,16 @@ def test_a_done_marker_that_the_checkpoint_contradicts_is_not_trusted(tiny_synth
     evaluate.main([run, "--eval_windows=20", "--device=cpu"])
 
 
-def test_run_files_follow_the_umask(tiny_synthetic, tmp_path):
-    run, _ = train_run(tiny_synthetic, tmp_path)
-    evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_run_files_follow_the_umask(tiny_synthetic, tmp_path, umask, mode):
+    """Another umask, another mode: a hard-coded 0o644 fails two of these."""
+    out = str(tmp_path / "run")
+    for argv in (["train.py", f"--data_dir={tiny_synthetic}", f"--out_dir={out}", *TINY],
+                 ["evaluate.py", out, "--eval_windows=20", "--device=cpu"]):
+        subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, capture_output=True, timeout=120,
+                       preexec_fn=lambda: os.umask(umask))
     for name in ("config.json", "log.jsonl", "ckpt.pt", "done", "eval.json", "eval.npz"):
-        assert os.stat(os.path.join(run, name)).st_mode & 0o777 == FILE_MODE, name
+        assert os.stat(os.path.join(out, name)).st_mode & 0o777 == mode, name
 
 
 def test_control_trains_on_exactly_its_mixtures_first_share(tiny_synthetic, tmp_path):
@@ -285,3 +290,43 @@ def test_a_k_sweep_beyond_the_default_order_is_one_experiment_with_one_mixture_p
     kept = drop_mixed_cells(runs, skipped)
     assert [r.name for r in kept] == ["k3_s1_c", "k6_s1_f", "k6_s2_f", "k7_s1_g"]
     assert list(skipped) == ["k6_s3_g"] and "a K cell pools one mixture" in skipped["k6_s3_g"]
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tiny_synthetic, tmp_path):
+    """Ctrl-C in a terminal: the step finishes, a checkpoint is saved, exit status 130; the same
+    command resumes there."""
+    folder = train_dir(tiny_synthetic, tmp_path, "--epochs=100")
+    proc = subprocess.Popen([sys.executable, "train.py", f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}",
+                             *TINY, "--epochs=100"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60              # inside the loop: a step already logged
+    while time.time() < deadline and not (os.path.exists(os.path.join(folder, "log.jsonl"))
+                                          and open(os.path.join(folder, "log.jsonl")).read().strip()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "checkpoint saved" in stdout
+    step = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)["step"]
+    assert step > 0 and f"stopped by signal at step {step:,}" in stdout
+
+
+def test_evaluate_holds_its_own_lock(tiny_synthetic, tmp_path):
+    from harness.runs import lock_folder
+    folder, _ = train_run(tiny_synthetic, tmp_path)
+    held = lock_folder(folder, "another evaluate.py")            # noqa: F841 (held)
+    result = subprocess.run([sys.executable, "evaluate.py", folder, "--eval_windows=20"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "in use by another process" in result.stderr
+    assert f"PID {os.getpid()}, another evaluate.py" in result.stderr
+
+
+def test_eval_npz_with_a_pickle_is_never_loaded(tiny_synthetic, tmp_path):
+    """np.load without pickles: an object array in a copied eval.npz is refused, not run."""
+    from harness.experiments import load_runs
+    folder, _ = train_run(tiny_synthetic, tmp_path / "out")
+    evaluate.main([folder, "--eval_windows=20", "--device=cpu"])
+    marker = tmp_path / "pwned"
+    np.savez(os.path.join(folder, "eval.npz"), payload=np.array([Payload(str(marker))], dtype=object))
+    runs, skipped = load_runs(str(tmp_path / "out"))
+    assert not runs and "unreadable evaluation files" in skipped[os.path.basename(folder)]
+    assert not marker.exists()

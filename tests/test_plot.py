@@ -21,7 +21,7 @@ from harness import laws, stats
 import train
 from harness.analysis import Interval
 from configurator import UserError
-from harness.data import BLOCK
+from harness.data import BLOCK, file_sha
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--device=cpu", "--cpu_threads=1",
         "--warmup_iters=2", "--log_interval=5", "--eval_interval=50", "--val_windows=8",
@@ -228,6 +228,10 @@ def craft(out, sweep, first, offsets, size=0.01):
         sign = 1 if key[1] == 1 else -1
         arrays[f"model:{first}"] = (base + offset + sign * size * pattern).astype(np.float32)
         np.savez(path, **arrays)
+        summary_path = os.path.join(out, run_name(sweep, key), "eval.json")
+        summary = json.load(open(summary_path))
+        summary["npz_sha"] = file_sha(path)               # crafted as one evaluation, not a torn one
+        json.dump(summary, open(summary_path, "w"))
 
 
 def test_conclusion_is_built_from_the_numbers(sweep, tmp_path, text_only):
@@ -251,7 +255,8 @@ def test_conclusion_is_built_from_the_numbers(sweep, tmp_path, text_only):
     assert "The largest part is identification." in k2 and "capacity sharing -0.0100 [" in k2 and "helps" in k2
     k3 = next(line for line in conclusion.splitlines() if line.startswith("- K=3:"))
     assert "Which part is largest is not established" in k3
-    assert "compute dilution" not in k3 and "capacity sharing" not in k3        # never called causes
+    causes = k3.split("Established")[1].split(". Which")[0]
+    assert "compute dilution" not in causes and "capacity sharing" not in causes     # never called causes
     assert re.search(r"\| 2 \| 0\.3200 \[[^]]+\] \| \+0\.0100 \[", conclusion)    # the table opens it
     # on synthetic data: the network's identification beside the ideal learner's, from the same numbers
     learner = next(i for i in fits["decomposition"]["learner"] if (i["k"], i["metric"]) == (2, "xe_mean"))
@@ -370,3 +375,15 @@ def test_a_fourth_position_range_is_added_in_one_place(sweep, tmp_path):
         assert float(row["xe_mid"]) == pytest.approx(np.mean(xe_t[10:50]), rel=1e-9)
     report_text = open(os.path.join(results, "REPORT.md")).read()
     assert "XE mid, t = 11..50 |" in report_text and "| mid, t = 11..50 |" in report_text     # tables
+
+
+def test_holm_adjusted_p_values_reach_the_report(sweep, tmp_path, text_only):
+    """The contrasts table's "p (Holm)" column is stats.holm of its own p column, per metric."""
+    text, fits = run_plot(sweep["out"], str(tmp_path / "results"))
+    contrasts = fits["tests"]["contrasts_vs_reference_k"]
+    for metric in analysis.METRICS:
+        family = [c for c in contrasts if c["metric"] == metric]
+        np.testing.assert_allclose([c["p_holm"] for c in family], stats.holm([c["p_value"] for c in family]))
+        for c in family:
+            assert re.search(rf"^\| {c['k']} \| {metric} \| .* \| {re.escape(report.fmt_p(c['p_value']))} \| "
+                             rf"{re.escape(report.fmt_p(c['p_holm']))} \|", text, flags=re.M), (c, metric)

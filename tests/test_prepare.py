@@ -97,10 +97,11 @@ def check_documents(data_dir):
 
 
 def dataset_files(data_dir):
-    """{relative path: bytes} for every file; meta.json without its time/host fields."""
+    """{relative path: bytes} for every file; meta.json without its time/host fields; not the
+    readers' lock (.readers, made by whoever opened the dataset)."""
     out = {}
     for root, _, names in os.walk(data_dir):
-        for name in names:
+        for name in (n for n in names if n != ".readers"):
             path = os.path.join(root, name)
             rel = os.path.relpath(path, data_dir)
             data = open(path, "rb").read()

@@ -284,3 +284,26 @@ def test_an_extra_argument_the_sweep_sets_itself_is_refused(tmp_path, extra):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"error: {extra} is set by sweep.sh for every run of its grid" in result.stderr
     assert not os.path.exists(f"{tmp_path}/out/synthetic_k1")
+
+
+def test_a_size_sweep_reaches_the_size_section(tmp_path):
+    """SIZES on synthetic data (research question 2): two sizes x K = 1, 2 x one seed, every arm;
+    the report's size section has each size's XE, parts and distance to the learner, and the
+    paired contrast between the sizes at each K."""
+    model = [a for a in TRAIN_ARGS if not a.startswith(("--n_layer", "--n_head", "--n_embd"))]
+    result = subprocess.run(["bash", "sweep.sh", "synthetic", *model, "--token_budget=1500", "--epochs=2"],
+                            cwd=ROOT, env=sweep_env(tmp_path, SIZES="1L-8d-2h 1L-16d-2h"), capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "10 runs" in result.stdout
+    report = open(f"{tmp_path}/results/REPORT.md").read()
+    section = report.split("## Model size (research question 2)")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (1L-\d+d-2h) \| [\d,]+ \| (\d) \| 1 \| ", section, flags=re.M)
+    assert sorted(rows) == [("1L-16d-2h", "1"), ("1L-16d-2h", "2"), ("1L-8d-2h", "1"), ("1L-8d-2h", "2")]
+    assert re.search(r"^\| 2 \| 1L-16d-2h - 1L-8d-2h \| ", section, flags=re.M), section
+    fits = json.load(open(f"{tmp_path}/results/fits.json"))
+    results = fits["model_size"]["results"]
+    assert [r["size"] for r in results] == ["1L-8d-2h", "1L-16d-2h"]               # smallest first
+    assert all(set(r["parts"]["2"]["parts"]) == {"scarcity", "dilution", "sharing", "identification"}
+               for r in results)
+    assert all(set(r["learner_gap"]) == {"1", "2"} for r in results)

@@ -227,7 +227,15 @@ def test_resume_after_crash_is_bit_identical(tiny_synthetic, tmp_path, monkeypat
         run_train(tiny_synthetic, tmp_path / "resumed", *args)
     assert torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)["step"] == 8
     monkeypatch.setattr(train, "learning_rate_at", real_lr)
+    taken, real_step = [], train.train_step             # the resumed process takes steps 8.. only
+
+    def counted(*a, **k):
+        taken.append(1)
+        return real_step(*a, **k)
+    monkeypatch.setattr(train, "train_step", counted)
     resumed = run_train(tiny_synthetic, tmp_path / "resumed", *args)
+    total = read(os.path.join(resumed, "done"))["steps"]
+    assert len(taken) == total - 8, (len(taken), total)
 
     a = torch.load(os.path.join(straight, "ckpt.pt"), weights_only=False)
     b = torch.load(os.path.join(resumed, "ckpt.pt"), weights_only=False)
@@ -259,7 +267,8 @@ def _wait_for_step(out_dir, step, proc, timeout=60):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_process_resumes_to_the_same_weights(tiny_synthetic, tmp_path, sig):
-    args = ["--k=2", "--token_budget=6000", "--epochs=3", "--ckpt_interval=7"]
+    # with dropout, a resume that does not restore the RNG state ends on other weights
+    args = ["--k=2", "--token_budget=6000", "--epochs=3", "--ckpt_interval=7", "--dropout=0.1"]
     straight = run_train(tiny_synthetic, tmp_path / "straight", *args)
     out = str(tmp_path / "killed")
     proc = _spawn(tiny_synthetic, out, *args)
@@ -271,10 +280,13 @@ def test_killed_process_resumes_to_the_same_weights(tiny_synthetic, tmp_path, si
         ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)
         assert ckpt["step"] == max(r["step"] for r in read_log(out))
     assert not os.path.exists(os.path.join(out, "done"))
+    saved = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"]
     proc = _spawn(tiny_synthetic, out, *args)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert "resuming" in stdout
+    assert f"from step {saved:,}/" in stdout                # where the checkpoint was, not step 0
+    steps = [int(m) for m in re.findall(r"^step +(\d+)/", stdout, flags=re.M)]
+    assert steps and steps[0] == saved + 1 and len(steps) == steps[-1] - saved    # every later step, once
     a = torch.load(os.path.join(straight, "ckpt.pt"), weights_only=False)["model"]
     b = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -321,6 +333,17 @@ def test_two_rank_gloo_ddp_matches_one_process(tiny_synthetic, tmp_path):
     b = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["model"]
     for key in a:   # same windows, same loss normalisation: equal up to float reduction order
         assert torch.allclose(a[key], b[key], atol=2e-4, rtol=1e-3), key
+    # every step's logged loss: the mean over the step's targets, each rank having taken its half
+    # of the rows (a rank training on every row would log twice the loss)
+    losses = [[r["loss"] for r in read_log(run) if r["kind"] == "train"] for run in (single, out)]
+    assert len(losses[0]) == len(losses[1]) > 5
+    np.testing.assert_allclose(losses[1], losses[0], rtol=2e-3)
+    ds = Dataset(tiny_synthetic)
+    config = read(os.path.join(out, "config.json"))
+    plan = train.StepPlan(train.Mixture(ds, config["config"]["components"],
+                                        list(config["trained_on"]["tokens"].values()), 1337), 6, 2)
+    rows = [len(plan.for_rank(plan.step(1337, 0)[:3], rank)[0]) for rank in (0, 1)]
+    assert rows == [plan.rows // 2] * 2 and config["schedule"]["rows_per_step"] == plan.rows
 
 
 # ----------------------------------------------------------------------------- bad input
