@@ -421,7 +421,14 @@ def main(argv):
         unseen=generalisation.analyse_unseen(experiment))
 
     # draw the figures, removing those this data no longer supports
-    os.makedirs(cfg.results, exist_ok=True)
+    try:
+        os.makedirs(cfg.results, exist_ok=True)
+        probe = os.path.join(cfg.results, ".writable")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write the results to {cfg.results} ({os.strerror(e.errno)}); choose another "
+                        f"folder with --results=<folder> (RESULTS= for sweep.sh)")
     images = draw_figures(study, cfg.results)
     drawn = {image.rsplit(".", 1)[0] for image in images.values()}
     for name in os.listdir(cfg.results):

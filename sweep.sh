@@ -15,8 +15,18 @@ CALLER_DIR=$PWD                               # relative OUT, RESULTS, DATA are 
 cd "$(dirname "$0")"
 
 MODE=arxiv
-if [[ "${1:-}" == "synthetic" || "${1:-}" == "arxiv" ]]; then MODE=$1; shift; fi
-EXTRA=("$@")                                  # --key=value arguments passed to train.py
+LIST=0                                        # --list: print the grid's train.py arguments, one run a line
+EXTRA=()                                      # --key=value arguments passed to train.py
+for arg in "$@"; do
+  case "$arg" in
+    synthetic|arxiv) MODE=$arg ;;
+    --list) LIST=1 ;;
+    --*=*) EXTRA+=("$arg") ;;
+    *) echo "error: '$arg' is neither a mode (synthetic, arxiv), --list, nor a --key=value for train.py;" \
+            "e.g. bash sweep.sh synthetic --list" >&2
+       exit 2 ;;
+  esac
+done
 for arg in "${EXTRA[@]}"; do                  # the grid is the sweep's: K, seeds, arms and folders
   case "$arg" in
     --k=*|--seed=*|--arm=*|--control=*|--components=*|--out_root=*|--out_dir=*|--run_name=*|--data_dir=*)
@@ -59,6 +69,37 @@ VISIBLE_GPUS=${CUDA_VISIBLE_DEVICES:-}        # the user's list, before slots na
 # paths the user gave are relative to where they stand, not to this script's folder
 absolute() { if [[ $1 == /* ]]; then echo "$1"; else echo "$CALLER_DIR/$1"; fi; }
 OUT=$(absolute "$OUT"); RESULTS=$(absolute "$RESULTS"); DATA=$(absolute "$DATA")
+# a size as train.py arguments: a config file (config/<size>.py), or <L>L-<d>d-<h>h; "synthetic" adds nothing
+size_args() {
+  if [[ $1 == synthetic ]]; then return; fi
+  if [[ -f config/$1.py ]]; then echo "config/$1.py"; return; fi
+  if [[ $1 =~ ^([0-9]+)L-([0-9]+)d-([0-9]+)h$ ]]; then
+    echo "--n_layer=${BASH_REMATCH[1]} --n_embd=${BASH_REMATCH[2]} --n_head=${BASH_REMATCH[3]} --size="
+    return
+  fi
+  return 1
+}
+for size in $SIZES; do
+  size_args "$size" >/dev/null || { echo "error: size '$size': use a config name (config/<size>.py) or" \
+                                         "<L>L-<d>d-<h>h, e.g. SIZES=\"2L-32d-4h synthetic\"" >&2; exit 2; }
+done
+# the K-mixtures first (K = 1 before anything that is compared with it), then their arms: one list
+# that sizes, K values and seeds loop over
+RUNS=()
+for size in $SIZES; do for k in $KS; do for seed in $SEEDS; do RUNS+=("$size:$k:$seed:mixture"); done; done; done
+if [[ $CONTROLS == 1 ]]; then
+  for arm in $ARMS; do for size in $SIZES; do for k in $KS; do [[ $k -ge 2 ]] || continue
+    for seed in $SEEDS; do RUNS+=("$size:$k:$seed:$arm"); done; done; done; done
+fi
+if [[ $LIST == 1 ]]; then                     # e.g. a SLURM array: line $((SLURM_ARRAY_TASK_ID + 1))
+  for entry in "${RUNS[@]}"; do
+    IFS=: read -r size k seed arm <<<"$entry"
+    echo "$BASE_CONFIG $(size_args "$size") --data_dir=$DATA --out_root=$OUT" \
+         "--k=$k --seed=$seed --arm=$arm ${EXTRA[*]}" | tr -s ' ' | sed 's/^ //; s/ $//'
+  done
+  exit 0
+fi
+
 mkdir -p "$OUT" || { echo "error: cannot create $OUT; choose another OUT=" >&2; exit 2; }
 for own in "$OUT/.sweep.lock" "$OUT/.sweep.pid" "$OUT/sweep.log"; do   # never written through a link
   if [[ -L $own ]]; then echo "error: $own is a symbolic link; remove it (rm $own) and run again" >&2; exit 2; fi
@@ -102,7 +143,8 @@ on_interrupt() {
 }
 trap on_interrupt INT TERM
 
-say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, arms $([[ $CONTROLS == 1 ]] && echo "{$ARMS}" || echo off), data $DATA, extra: ${EXTRA[*]:-none}"
+ARMS_SAID=$([[ $CONTROLS == 1 ]] && echo "{$ARMS}" || echo off)
+say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, arms $ARMS_SAID, data $DATA, extra: ${EXTRA[*]:-none}"
 
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=${N_GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)}
@@ -127,14 +169,6 @@ if [[ $PARALLEL == auto ]]; then
   [[ $MODE == arxiv && $N_GPUS -eq 0 ]] && PARALLEL=1
 fi
 
-# the K-mixtures first (K = 1 before anything that is compared with it), then their arms: one list
-# that sizes, K values and seeds loop over
-RUNS=()
-for size in $SIZES; do for k in $KS; do for seed in $SEEDS; do RUNS+=("$size:$k:$seed:mixture"); done; done; done
-if [[ $CONTROLS == 1 ]]; then
-  for arm in $ARMS; do for size in $SIZES; do for k in $KS; do [[ $k -ge 2 ]] || continue
-    for seed in $SEEDS; do RUNS+=("$size:$k:$seed:$arm"); done; done; done; done
-fi
 if [[ $N_GPUS -gt 0 ]]; then
   say "${#RUNS[@]} runs, $PARALLEL at a time on $N_GPUS GPU(s) (slot i on GPU i mod $N_GPUS)"
 else
@@ -142,20 +176,6 @@ else
 fi
 
 # ---- 3. train + evaluate each run (one slot per GPU, or per core on CPU) ---------------------------
-# a size as train.py arguments: a config file (config/<size>.py), or <L>L-<d>d-<h>h; "synthetic" adds nothing
-size_args() {
-  if [[ $1 == synthetic ]]; then return; fi
-  if [[ -f config/$1.py ]]; then echo "config/$1.py"; return; fi
-  if [[ $1 =~ ^([0-9]+)L-([0-9]+)d-([0-9]+)h$ ]]; then
-    echo "--n_layer=${BASH_REMATCH[1]} --n_embd=${BASH_REMATCH[2]} --n_head=${BASH_REMATCH[3]} --size="
-    return
-  fi
-  return 1
-}
-for size in $SIZES; do
-  size_args "$size" >/dev/null || { echo "error: size '$size': use a config name (config/<size>.py) or" \
-                                         "<L>L-<d>d-<h>h, e.g. SIZES=\"2L-32d-4h synthetic\"" >&2; exit 2; }
-done
 # a grid in which two cells are one run would train one folder twice at once: refuse it
 for list in "$KS" "$SEEDS" "$SIZES" "$ARMS"; do
   if [[ $(tr ' ' '\n' <<<"$list" | grep -c .) -ne $(tr ' ' '\n' <<<"$list" | grep . | sort -u | wc -l) ]]; then
@@ -196,8 +216,8 @@ run_one() {   # size k seed arm slot
   local name=$(basename "$dir") log="$dir/train.log" skipped=0
   alive "$SWEEP_PID" || exit 143                    # the sweep is gone: start nothing new
   # a valid evaluation of this identity means a finished run: evaluate.py checks, in one start
-  if [[ -f "$dir/eval.json" ]] && $PYTHON evaluate.py "$dir" $EVAL_ARGS 2>&1 | tee -a "$dir/train.log" \
-       | tail -n 1 | grep -q "already evaluated"; then
+  if [[ -f "$dir/eval.json" ]] && $PYTHON evaluate.py "$dir" --data_dir="$DATA" $EVAL_ARGS 2>&1 \
+       | tee -a "$dir/train.log" | tail -n 1 | grep -q "already evaluated"; then
     say "$name: finished and evaluated, skipped"; return 0
   fi
   mkdir -p "$dir"
@@ -212,7 +232,7 @@ run_one() {   # size k seed arm slot
   fi
   tail -n 1 "$log" | grep -q "already finished" && skipped=1
   alive "$SWEEP_PID" || exit 143
-  $PYTHON evaluate.py "$dir" $EVAL_ARGS >>"$log" 2>&1; rc=$?
+  $PYTHON evaluate.py "$dir" --data_dir="$DATA" $EVAL_ARGS >>"$log" 2>&1; rc=$?
   if [[ $rc -ne 0 ]]; then
     [[ $rc -eq 143 ]] && return $rc
     say "$name: evaluation FAILED: $(tail -n 1 "$log")"; echo "$name" >>"$FAILED"

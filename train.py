@@ -35,10 +35,9 @@ from harness.data import Dataset, fixed_windows, gather_windows
 from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS, device_peak_flops)
-from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, experiment_identity, identity_config,
-                          load_checkpoint, lock_folder,
-                  provenance, read_log, read_run_file, run_identity, default_run_name, size_label,
-                  stop_with_sweep, write_json)
+from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name, drop_optimizer_state,
+                          experiment_identity, identity_config, load_checkpoint, lock_folder, provenance,
+                          read_log, read_run_file, run_identity, size_label, stop_with_sweep, write_json)
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with config files and --key=value)
@@ -91,6 +90,7 @@ log_interval = 50           # steps between log lines
 eval_interval = 500         # steps between validation losses (and at the end)
 val_windows = 200           # fixed validation windows per component (val split)
 ckpt_interval = 1000        # steps between checkpoints (also on SIGINT/SIGTERM and at the end)
+keep_optimizer = True       # False: a finished run's ckpt.pt keeps only what evaluation needs (1/3 size)
 peak_flops = 0.0            # device peak for MFU; 0 = look it up from the device name
 wandb_log = False
 wandb_project = "ergodic-k"
@@ -303,7 +303,11 @@ def build_model(job, runtime, vocab_size):
     if os.path.exists(job.paths.ckpt):
         ckpt = load_checkpoint(job.paths.ckpt)
         raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:                      # a finished run may have dropped it (keep_optimizer)
+            optimizer.load_state_dict(ckpt["optimizer"])
+        elif ckpt["step"] < job.total_steps:
+            raise UserError(f"{job.paths.ckpt} has no optimizer state to resume from; delete {cfg.out_dir} "
+                            f"to train this run again")
         state.step, state.tokens_seen = ckpt["step"], np.array(ckpt["tokens_seen"], dtype=np.int64)
         torch.set_rng_state(ckpt["rng_cpu"])
         if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
@@ -535,6 +539,8 @@ def finish(job, state, log):
     summary = {"steps": state.step, "tokens": int(state.tokens_seen.sum()),
                "tokens_per_component": dict(zip(job.share.components, state.tokens_seen.tolist())),
                "final_val_loss": val[-1]["val_loss"] if val else None}
+    if not job.cfg.keep_optimizer:
+        drop_optimizer_state(job.paths.ckpt)
     write_json(job.paths.done, summary)
     val_loss = summary["final_val_loss"]
     log(f"done: {job.cfg.out_dir} ({summary['tokens']:,} tokens, val loss "

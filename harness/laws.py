@@ -92,7 +92,7 @@ def fit_law(f, x, y, p0, sigma=None, bounds=(-np.inf, np.inf)):
     rmse = float(np.sqrt(np.mean((y - f(x, *params)) ** 2)))
     return {"law": f.__name__, "n_points": len(y), "dof": dof, "rmse": rmse, "cov": cov if dof > 0 else None,
             "interval": "fit covariance",
-            "params": {n: {"value": v, "se": s, "ci95": [v - h, v + h]}
+            "params": {n: {"value": v, "se": s, "ci": [v - h, v + h]}
                        for n, v, s, h in zip(names, params, se, half)}}
 
 
@@ -109,7 +109,7 @@ def derived_parameter(fit, name, value, gradient, block_covariances=None):
         variance, df = float(gradient @ fit["cov"] @ gradient), fit["dof"]
     se = math.sqrt(max(float(variance), 0.0))
     half = float(scipy_stats.t.ppf(0.975, df)) * se
-    fit["params"][name] = {"value": value, "se": se, "ci95": [value - half, value + half], "derived": True}
+    fit["params"][name] = {"value": value, "se": se, "ci": [value - half, value + half], "derived": True}
 
 
 # -----------------------------------------------------------------------------
@@ -189,14 +189,15 @@ def resampled_intervals(fit, blocks, refit, covers, level=LEVEL):
     fit["covers"], fit["interval"] = covers, f"refitted on {n_replicates} replicates per source"
     fit["cov"] = sum(sign * cov for _, _, sign, cov in block_covariances) if block_covariances else None
     for i, (name, p) in enumerate(fit["params"].items()):
-        p["ci95_fit_covariance"] = list(p["ci95"])          # kept for comparison (fit_coverage)
+        p["ci_fit_covariance"] = list(p["ci"])          # kept for comparison (fit_coverage)
+        p["covers"] = covers                            # a parameter is an interval like any other
         if not block_covariances:
-            p.update(se=math.nan, df=math.nan, ci95=[math.nan, math.nan])
+            p.update(se=math.nan, df=math.nan, ci=[math.nan, math.nan])
             continue
         variance, df = combine_terms([(src, bdf, sign, cov[i, i])
                                       for src, bdf, sign, cov in block_covariances])
         se, quantile = math.sqrt(max(float(variance), 0.0)), float(scipy_stats.t.ppf(0.5 + level / 2, df))
-        p.update(se=se, df=float(df), ci95=[p["value"] - quantile * se, p["value"] + quantile * se])
+        p.update(se=se, df=float(df), ci=[p["value"] - quantile * se, p["value"] + quantile * se])
     return block_covariances
 
 
@@ -297,7 +298,7 @@ def fit_power_law(k, y, replicates=None):
         best["E_B"] = False
         return best
     a, c, beta = (best["params"][n]["value"] for n in ("a", "c", "beta"))
-    lo, hi = best["params"]["beta"]["ci95"]
+    lo, hi = best["params"]["beta"]["ci"]
     best["E_B"] = bool(np.isfinite(best["params"]["beta"]["se"]) and (lo > 0 or hi < 0))
     if best["E_B"]:
         derived_parameter(best, "E", a - c / beta, [1, -1 / beta, c / beta ** 2], block_covariances)
@@ -351,8 +352,8 @@ def fit_position_curve(xe_t, se_t=None, replicates=None):
     best["c_bounds"] = list(POSITION_C_BOUNDS)
     exponent = best["params"]["c"]
     best["asymptote"] = bool(best["cov"] is not None and np.isfinite(exponent["se"])
-                             and exponent["ci95"][0] > 0)
-    exponent["ci95"] = [float(np.clip(v, lower, upper)) if np.isfinite(v) else v for v in exponent["ci95"]]
+                             and exponent["ci"][0] > 0)
+    exponent["ci"] = [float(np.clip(v, lower, upper)) if np.isfinite(v) else v for v in exponent["ci"]]
     exponent["at_bound"] = bool(min(abs(exponent["value"] - lower), abs(exponent["value"] - upper)) < 1e-6)
     x1, d, c = (best["params"][n]["value"] for n in ("x1", "d", "c"))
     if best["asymptote"]:

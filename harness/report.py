@@ -57,9 +57,8 @@ def scope_notes(intervals):
 
 
 def fit_interval(fit, name):
-    """A fitted parameter as an Interval that carries the fit's scope."""
-    p = fit["params"][name]
-    return Interval(p["value"], p["ci95"], fit.get("covers"))
+    """A fitted parameter as an Interval: the same fields as every interval of stats.py."""
+    return Interval.of({"covers": fit.get("covers"), **fit["params"][name]})
 
 
 def fmt_fit(fit):
@@ -85,7 +84,7 @@ def fmt_position_fit(fit):
         return text + f"asymptote a = x1 - d/c = {fmt(ci['a'])}"
     if fit.get("cov") is None:
         return text + "no interval for c, so no asymptote estimate"
-    if p["d"]["ci95"][0] <= 0 <= p["d"]["ci95"][1]:
+    if p["d"]["ci"][0] <= 0 <= p["d"]["ci"][1]:
         return text + ("d's interval includes 0: XE(t) is flat within the noise, so c is not identified and "
                        "no asymptote is estimated")
     return (text + f"c's interval reaches 0: logarithmic within t = 1..{fit['n_points']} "

@@ -141,7 +141,7 @@ def provenance():
 # the identity, so runs made before it get new names and are trained again, never mixed in.
 NOT_IDENTITY = ("run_name", "out_root", "out_dir", "data_dir", "size", "identity", "print_run_dir",
                 "device", "compile", "dtype", "fused_adamw", "gpu_resident", "loss_impl", "cpu_threads",
-                "log_interval", "eval_interval", "val_windows", "ckpt_interval", "peak_flops",
+                "log_interval", "eval_interval", "val_windows", "ckpt_interval", "keep_optimizer", "peak_flops",
                 "wandb_log", "wandb_project", "wandb_run_name")
 # What may differ between the runs of one experiment: its seeds, and K with the mixture K implies
 # (every arm mirrors the K-mixture of its experiment). Components and weights count only
@@ -423,3 +423,13 @@ def load_checkpoint(path, mmap=False):
     except Exception as e:
         raise UserError(f"{path} is damaged or not a checkpoint ({type(e).__name__}); delete it "
                         f"(`rm {path}`) and run the same command to restart this run from step 0")
+
+
+def drop_optimizer_state(path):
+    """Rewrite a finished run's checkpoint without its AdamW moments (two thirds of its size):
+    evaluation needs only the weights, and a finished run is never resumed."""
+    import torch
+    slim = load_checkpoint(path)
+    slim.pop("optimizer", None)
+    with atomic_path(path) as tmp:
+        torch.save(slim, tmp)

@@ -259,7 +259,7 @@ def fitted_laws(cells, docs, curve, n_rep, seed):
 def fit_coverage(regimes=None, n_seeds=3, replicates=200, n_rep=300, seed=0):
     """
     Coverage of the true parameters by the refitted intervals and, for comparison, by the fit
-    covariance ("ci95_fit_covariance"), per regime x law x parameter, over `replicates` sweeps.
+    covariance ("ci_fit_covariance"), per regime x law x parameter, over `replicates` sweeps.
     """
     regimes = REGIMES if regimes is None else regimes
     power = LAWS_TRUTH["power"]
@@ -278,8 +278,8 @@ def fit_coverage(regimes=None, n_seeds=3, replicates=200, n_rep=300, seed=0):
                 p = fits[law].get("params", {}).get(name)
                 value = truth[law][name]
                 hits.append([np.nan, np.nan] if p is None else
-                            [p["ci95"][0] <= value <= p["ci95"][1],
-                             p["ci95_fit_covariance"][0] <= value <= p["ci95_fit_covariance"][1]])
+                            [p["ci"][0] <= value <= p["ci"][1],
+                             p["ci_fit_covariance"][0] <= value <= p["ci_fit_covariance"][1]])
         seconds = time.perf_counter() - began
         for (law, name), hits in tally.items():
             hits = np.asarray(hits, dtype=float)

@@ -330,3 +330,25 @@ def test_eval_npz_with_a_pickle_is_never_loaded(tiny_synthetic, tmp_path):
     runs, skipped = load_runs(str(tmp_path / "out"))
     assert not runs and "unreadable evaluation files" in skipped[os.path.basename(folder)]
     assert not marker.exists()
+
+
+def test_a_run_without_its_optimizer_state_evaluates_the_same_and_never_resumes_from_it(tiny_synthetic, tmp_path):
+    full, _ = train_run(tiny_synthetic, tmp_path / "full")
+    slim, _ = train_run(tiny_synthetic, tmp_path / "slim", "--keep_optimizer=False")
+    assert os.path.basename(full) == os.path.basename(slim)              # the same run, stored smaller
+    assert "optimizer" not in torch.load(os.path.join(slim, "ckpt.pt"), weights_only=True)
+    assert os.path.getsize(os.path.join(slim, "ckpt.pt")) < 0.5 * os.path.getsize(os.path.join(full, "ckpt.pt"))
+    for run in (full, slim):
+        evaluate.main([run, "--eval_windows=20", "--device=cpu"])
+    full_xe, slim_xe = (np.load(os.path.join(run, "eval.npz")) for run in (full, slim))
+    assert sorted(full_xe.files) == sorted(slim_xe.files)
+    assert all(np.array_equal(full_xe[key], slim_xe[key]) for key in full_xe.files)
+    os.remove(os.path.join(slim, "done"))                       # finished again without an optimizer
+    train_run(tiny_synthetic, tmp_path / "slim", "--keep_optimizer=False")
+    assert os.path.exists(os.path.join(slim, "done"))
+    ckpt = torch.load(os.path.join(slim, "ckpt.pt"), weights_only=True)
+    ckpt["step"] = 5                                            # mid-run: resuming needs the moments
+    torch.save(ckpt, os.path.join(slim, "ckpt.pt"))
+    os.remove(os.path.join(slim, "done"))
+    with pytest.raises(UserError, match="no optimizer state to resume from"):
+        train_run(tiny_synthetic, tmp_path / "slim", "--keep_optimizer=False")

@@ -280,13 +280,14 @@ TEXTS = {   # category -> {split: [texts]}
 HF = {"train": "train", "validation": "val", "test": "test"}
 
 
-def write_arxiv_files(folder, fmt):
-    """train/validation/test files in the dataset schema; documents interleaved by category."""
+def write_arxiv_files(folder, fmt, suffix=""):
+    """train/validation/test files in the dataset schema; documents interleaved by category
+    (every text with `suffix` appended: another dataset in the same schema)."""
     import datasets
     os.makedirs(folder, exist_ok=True)
     for hf_split in HF:
         # round-robin over categories: interleaved, each category's documents in their order
-        rows = [(TEXTS[c][hf_split][i], prepare.ARXIV_LABELS.index(c))
+        rows = [(TEXTS[c][hf_split][i] + suffix, prepare.ARXIV_LABELS.index(c))
                 for i in range(3) for c in TEXTS if i < len(TEXTS[c][hf_split])]
         texts, labels = [r[0] for r in rows], [r[1] for r in rows]
         if fmt == "parquet":
@@ -383,10 +384,14 @@ def fake_hub(monkeypatch, local_folder):
 
 
 def test_hub_and_local_paths_write_the_same_files(tmp_path, tiktoken_cache, monkeypatch):
+    """The hub serves other texts than the local copy: the hub path writes exactly what the local
+    path writes from the hub's texts, and not the local copy's (it really went to the hub)."""
     src = write_arxiv_files(tmp_path / "src", "parquet")
-    local, hub, hub_default = (str(tmp_path / n) for n in ("local", "hub", "hub_default"))
+    on_hub = write_arxiv_files(tmp_path / "on_hub", "parquet", suffix=" (as served by the hub)")
+    local, hub, hub_default, hub_local = (str(tmp_path / n) for n in ("local", "hub", "hub_default", "hub_local"))
     prepare.main([f"--data_files={src}", f"--data_dir={local}", *ARXIV_ARGS])
-    calls = fake_hub(monkeypatch, src)
+    prepare.main([f"--data_files={on_hub}", f"--data_dir={hub_local}", *ARXIV_ARGS])
+    calls = fake_hub(monkeypatch, on_hub)
     prepare.main([f"--data_dir={hub}", *ARXIV_ARGS])
     assert len(calls) == 1
     path, args, kwargs = calls[0]
@@ -396,7 +401,7 @@ def test_hub_and_local_paths_write_the_same_files(tmp_path, tiktoken_cache, monk
     assert meta["origin"]["hf_repo"] == "ccdv/arxiv-classification"
     assert meta["origin"]["hf_config"] == "no_ref"
     files = lambda d: {k: v for k, v in dataset_files(d).items() if k.endswith((".bin", ".idx"))}
-    assert len(files(local)) == 18 and files(local) == files(hub)
+    assert len(files(hub)) == 18 and files(hub) == files(hub_local) and files(hub) != files(local)
     prepare.main([f"--data_dir={hub_default}", "--hf_config=default", *ARXIV_ARGS])
     assert len(calls) == 2
     assert "default" in calls[1][1] or calls[1][2].get("name") == "default"

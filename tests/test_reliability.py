@@ -291,3 +291,18 @@ def test_a_grid_naming_a_value_twice_is_refused(tmp_path):
                             env=dict(os.environ, OUT=str(tmp_path / "out"), DATA=str(tmp_path / "data"),
                                      KS="1 2 1"))
     assert result.returncode == 2 and "names a value twice" in result.stderr
+
+
+def test_an_unwritable_results_folder_is_one_line(finished, tmp_path, monkeypatch):
+    import plot
+    out = tmp_path / "out"
+    copy_run(finished, out)
+    real_open = open
+
+    def no_write(path, mode="r", *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "results")) and "w" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, mode, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", no_write)
+    with pytest.raises(UserError, match="cannot write the results to .* choose another folder with --results"):
+        plot.main([f"--out={out}", f"--results={tmp_path / 'results'}", "--n_boot=20"])

@@ -91,6 +91,27 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
     assert os.path.exists(f"{tmp}/out/sweep.log")
 
 
+def test_the_listed_grid_is_exactly_the_runs_the_sweep_trains(finished_sweep, monkeypatch):
+    """--list (one train.py command line a run, for a SLURM array) names the sweep's own folders."""
+    import contextlib
+    import io
+    import shlex
+    import train
+    tmp, _ = finished_sweep
+    listed = subprocess.run(["bash", "sweep.sh", "--list", "synthetic", *TRAIN_ARGS, "--token_budget=1500",
+                             "--epochs=2"], cwd=ROOT, env=sweep_env(tmp), capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    monkeypatch.chdir(ROOT)
+    folders = []
+    for line in lines:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            train.main([*shlex.split(line), "--print_run_dir"])
+        folders.append(printed.getvalue().strip())
+    assert len(lines) == 5 and sorted(folders) == sorted(run_folders(tmp).values())
+
+
 def test_runs_per_card_and_parallel_deal_slots_to_the_gpus(finished_sweep):
     tmp, result = finished_sweep
     assert "5 runs, 4 at a time on 2 GPU(s)" in result.stdout
@@ -284,6 +305,14 @@ def test_an_extra_argument_the_sweep_sets_itself_is_refused(tmp_path, extra):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"error: {extra} is set by sweep.sh for every run of its grid" in result.stderr
     assert not os.path.exists(f"{tmp_path}/out/synthetic_k1")
+
+
+@pytest.mark.parametrize("stray", ["synthetc", "--dropout", "small"])
+def test_an_argument_that_is_not_a_mode_or_setting_is_refused_before_anything_runs(tmp_path, stray):
+    result = run_sweep(tmp_path, stray)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: '{stray}' is neither a mode (synthetic, arxiv), --list, nor a --key=value" in result.stderr
+    assert not os.path.exists(f"{tmp_path}/synthetic") and not os.path.exists(f"{tmp_path}/out")
 
 
 def test_a_size_sweep_reaches_the_size_section(tmp_path):
