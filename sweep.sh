@@ -57,7 +57,7 @@ if [[ $MODE == arxiv ]]; then
   BASE_CONFIG=""
 else
   SIZES=${SIZES:-"synthetic"}                 # "synthetic": config/synthetic.py's own model; a size
-                                              # sweep: e.g. SIZES="2L-32d-4h synthetic" (README, RQ2)
+                                              # sweep: e.g. SIZES="synthetic_xs synthetic" (README, RQ2)
   DATA=${DATA:-data/synthetic}
   PREPARE_ARGS=${PREPARE_ARGS:-""}
   BASE_CONFIG="config/synthetic.py"           # (plot.py's default experiment: runs.DEFAULT_CONFIGS)
@@ -144,7 +144,8 @@ on_interrupt() {
 trap on_interrupt INT TERM
 
 ARMS_SAID=$([[ $CONTROLS == 1 ]] && echo "{$ARMS}" || echo off)
-say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, arms $ARMS_SAID, data $DATA, extra: ${EXTRA[*]:-none}"
+say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, arms $ARMS_SAID, data $DATA," \
+    "extra: ${EXTRA[*]:-none}"
 
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=${N_GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)}
