@@ -89,8 +89,9 @@ def k_parts(k, arms, first, docs):
     needed = ["mixture"] + present
     seeds = sorted(set.intersection(*(set(arms[a]) for a in needed)), key=str)
     left_out = {a: sorted(set(arms[a]) - set(seeds), key=str) for a in needed if set(arms[a]) - set(seeds)}
-    if not seeds:
-        seeds, left_out = sorted(arms["mixture"], key=str), {}
+    if not seeds:                       # no seed ran every arm: no part pairs, the total alone
+        seeds, left_out = sorted(arms["mixture"], key=str), {a: sorted(arms[a], key=str) for a in present}
+        needed = ["mixture"]
     means = {a: arm_means(arms[a], seeds if a != "one" else sorted(arms["one"], key=str), first, docs)
              for a in needed + ["one"]}
     available = {a: m for a, m in means.items() if m is not None}

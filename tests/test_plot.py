@@ -387,3 +387,15 @@ def test_holm_adjusted_p_values_reach_the_report(sweep, tmp_path, text_only):
         for c in family:
             assert re.search(rf"^\| {c['k']} \| {metric} \| .* \| {re.escape(report.fmt_p(c['p_value']))} \| "
                              rf"{re.escape(report.fmt_p(c['p_holm']))} \|", text, flags=re.M), (c, metric)
+
+
+def test_arms_that_share_no_seed_with_their_mixture_give_the_total_alone(sweep, tmp_path, text_only):
+    """K = 3's mixture ran seed 1 and its steps-matched control only seed 2: no seed has every arm,
+    so no part can be paired; the total is reported and every arm's seeds are named as left out."""
+    out = copy_out(sweep, tmp_path, drop=[(3, 2), (3, 1, "control")])
+    text, fits = run_plot(out, str(tmp_path / "results"))
+    k3 = [p for p in fits["decomposition"]["parts"] if p["k"] == 3]
+    assert k3 and all(p["parts"] == {} and p["seeds"] == ["1"] for p in k3), k3
+    assert all(p["left_out"] == {"control": ["2"], "exposure": ["1", "2"], "tagged": ["1", "2"]} for p in k3), k3
+    k2 = [p for p in fits["decomposition"]["parts"] if p["k"] == 2]
+    assert all(set(p["parts"]) == {"scarcity", "dilution", "sharing", "identification"} for p in k2)
