@@ -35,7 +35,7 @@ from harness.data import Dataset, fixed_windows, gather_windows
 from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS, device_peak_flops)
-from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name, drop_optimizer_state,
+from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name,
                           experiment_identity, identity_config, load_checkpoint, lock_folder, provenance,
                           read_log, read_run_file, run_identity, size_label, stop_with_sweep, write_json)
 
@@ -348,8 +348,10 @@ def write_run_config(job, runtime, dataset, model, mixture, plan, step):
 
 def save_checkpoint(job, model, state):
     device = job.place.device
+    # a finished run never resumes: keep_optimizer=False stores its last checkpoint without AdamW's moments
+    keep_optimizer = job.cfg.keep_optimizer or state.step < job.total_steps
     ckpt = {"identity": job.cfg.identity, "model": model.raw.state_dict(),
-            "optimizer": model.optimizer.state_dict(),
+            **({"optimizer": model.optimizer.state_dict()} if keep_optimizer else {}),
             "step": state.step, "tokens_seen": state.tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
     try:
@@ -539,8 +541,6 @@ def finish(job, state, log):
     summary = {"steps": state.step, "tokens": int(state.tokens_seen.sum()),
                "tokens_per_component": dict(zip(job.share.components, state.tokens_seen.tolist())),
                "final_val_loss": val[-1]["val_loss"] if val else None}
-    if not job.cfg.keep_optimizer:
-        drop_optimizer_state(job.paths.ckpt)
     write_json(job.paths.done, summary)
     val_loss = summary["final_val_loss"]
     log(f"done: {job.cfg.out_dir} ({summary['tokens']:,} tokens, val loss "

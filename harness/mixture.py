@@ -246,8 +246,8 @@ class WindowSource:
         starts, n_targets, comp, epoch = plan.step(seed, step)
         if not self.on_device:
             mine = plan.for_rank((starts, n_targets, comp), rank)
-            tags = torch.from_numpy(np.maximum(mine[2], 0)).to(self.device)
-            return (*self.batch(*mine[:2]), tags, n_targets, comp, epoch)
+            x, y = gather_windows(self.tokens, *mine[:2])
+            return (*self.upload(x, y, np.maximum(mine[2], 0)), n_targets, comp, epoch)
         if self.epoch != (seed, epoch):
             table = plan.epoch_table(seed, epoch)
             self.plan_on_device = [torch.from_numpy(np.ascontiguousarray(a[:, rank::plan.world])).to(self.device)
@@ -262,12 +262,15 @@ class WindowSource:
         if self.on_device:
             return self.gather(torch.from_numpy(starts).to(self.device, non_blocking=True),
                                torch.from_numpy(n_targets).to(self.device, non_blocking=True))
-        x, y = gather_windows(self.tokens, starts, n_targets)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        return self.upload(*gather_windows(self.tokens, starts, n_targets))
+
+    def upload(self, *arrays):
+        """Host arrays as tensors on the device: on CUDA pinned and non-blocking (a copy from
+        pageable memory would wait for the GPU at every step)."""
+        tensors = [torch.from_numpy(a) for a in arrays]
         if self.device.type == "cuda":
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x, y
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
+        return tuple(tensors)
 
     def gather(self, starts, n_targets):
         """(x, y) from the device's tokens for windows given as device tensors."""

@@ -312,7 +312,7 @@ def size_label(config):
 def default_run_name(config, dataset_name, identity, size_label):
     """Readable (dataset, K, arm, size, seed) plus the identity's start, so that two runs
     differing in anything else (an ablation, a changed default) never share a folder."""
-    kind = "ctrl" if config.get("control") else ARM_NAMES.get(config.get("arm", "mixture"), "")
+    kind = ARM_NAMES.get(run_arm(config), "")          # an unknown arm is refused later, in one line
     return f"{dataset_name}_k{config['k']}{kind}_{size_label}_s{config['seed']}_{identity[:8]}"
 
 
@@ -424,12 +424,3 @@ def load_checkpoint(path, mmap=False):
         raise UserError(f"{path} is damaged or not a checkpoint ({type(e).__name__}); delete it "
                         f"(`rm {path}`) and run the same command to restart this run from step 0")
 
-
-def drop_optimizer_state(path):
-    """Rewrite a finished run's checkpoint without its AdamW moments (two thirds of its size):
-    evaluation needs only the weights, and a finished run is never resumed."""
-    import torch
-    slim = load_checkpoint(path)
-    slim.pop("optimizer", None)
-    with atomic_path(path) as tmp:
-        torch.save(slim, tmp)
