@@ -60,19 +60,29 @@ LN2 = np.log(2.0)
 EVALUATION_CODE_NOW = code_fingerprint(EVALUATION_CODE)     # an evaluation is redone when it changes
 
 
+def derived_name(kind, n, seed):
+    """The file name of the evaluation set ("evalset") or its per-dataset references ("references")."""
+    return f"{kind}_n{n}_s{seed}.npz"
+
+
+def derived_folder(run_dir, fingerprint):
+    """The runs folder's place for files derived from the data with this fingerprint."""
+    return os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".derived", str(fingerprint)[:16])
+
+
 def derived_path(dataset, run_dir, name):
     """Where a file derived from a dataset alone lives: beside the data when that folder is ours to
     write, else in the runs folder, keyed by the data's fingerprint (read-only or shared data)."""
     if run_dir is None or os.access(dataset.dir, os.W_OK):
         return os.path.join(dataset.dir, name)
-    folder = os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".derived", dataset.fingerprint[:16])
+    folder = derived_folder(run_dir, dataset.fingerprint)
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, name)
 
 
 def load_evalset(dataset, n, seed, run_dir=None):
     """The fixed evaluation windows of a dataset, drawn on first use and saved (derived_path)."""
-    path = derived_path(dataset, run_dir, f"evalset_n{n}_s{seed}.npz")
+    path = derived_path(dataset, run_dir, derived_name("evalset", n, seed))
     try:
         with np.load(path) as z:
             if str(z["fingerprint"]) == dataset.fingerprint:
@@ -110,19 +120,18 @@ def learner_counts(run_dir, saved, dataset, chains):
     return counts, fit_alpha(counts)
 
 
-def dataset_references(dataset, evalset, evalset_path, chains):
+def dataset_references(dataset, evalset, path, evalset_sha, chains):
     """
     What depends on the data alone, computed once per dataset and evaluation set and saved beside
     the set: each category's oracle losses and its in-context learner's ("context": a chain learned
     from the window alone, references.in_context_losses), and that learner's concentration, fitted
     by maximum marginal likelihood on the train split of the default order's first five chains
-    (those a K = 1..5 sweep trains on; the same prior for every run and K).
+    (those a K = 1..5 sweep trains on; the same prior for every run and K). Saved at `path`, valid
+    while the evaluation set is the one with `evalset_sha`.
     """
-    path = evalset_path.replace("evalset_", "references_")
-    sha = file_sha(evalset_path)
     with contextlib.suppress(OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         with np.load(path) as z:
-            if str(z["evalset_sha"]) == sha:
+            if str(z["evalset_sha"]) == evalset_sha:
                 return {k: z[k] for k in z.files}
     vocab = chains["transition"].shape[-1]
     counts = []
@@ -131,7 +140,7 @@ def dataset_references(dataset, evalset, evalset_path, chains):
         counts.append(transition_counts(dataset.tokens(name, "train"), offsets[:-1], offsets[1:],
                                         np.zeros(len(offsets) - 1, dtype=np.int64), 1, vocab, dataset.eot)[0])
     alpha = fit_shared_alpha(np.stack(counts))
-    arrays = {"evalset_sha": np.array(sha), "alpha": np.array(alpha)}
+    arrays = {"evalset_sha": np.array(evalset_sha), "alpha": np.array(alpha)}
     index = {n: i for i, n in enumerate(chains["names"])}
     for cat in dataset.components:
         windows = evalset_windows(dataset, evalset, cat)
@@ -222,10 +231,9 @@ def previous_evaluation(run_dir, cfg, device):
         done = read_json(os.path.join(run_dir, "done"))
         npz_sha = file_sha(os.path.join(run_dir, "eval.npz"))
         evalset = previous.get("evalset", {})
-        name = f"evalset_n{cfg.eval_windows}_s{cfg.eval_seed}.npz"
+        name = derived_name("evalset", cfg.eval_windows, cfg.eval_seed)
         expected = {os.path.join(cfg.data_dir or saved["config"]["data_dir"], name),
-                    os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".derived",
-                                 str(saved.get("dataset", {}).get("fingerprint", ""))[:16], name)}
+                    os.path.join(derived_folder(run_dir, saved.get("dataset", {}).get("fingerprint", "")), name)}
         same = (previous.get("identity") == saved.get("identity") and previous.get("npz_sha") == npz_sha
                 and previous.get("evaluation_code") == EVALUATION_CODE_NOW          # evaluate.py edited: redo
                 and done.get("steps") == previous.get("steps") == previous.get("checkpoint_step")
@@ -238,15 +246,15 @@ def previous_evaluation(run_dir, cfg, device):
     return previous if same else None
 
 
-def score(model, dataset, evalset, saved, run_dir, cfg, device):
+def score(model, dataset, evalset, evalset_sha, saved, run_dir, cfg, device):
     """Every category's per-window, per-position losses (a tagged model: its own categories, told
     the component), with the exact references on synthetic data. Returns (arrays, summaries, extra)."""
     names, weights = trained_on(saved)["components"], trained_on(saved)["weights"]
     chains, extra = dataset.chains(), {}
     if chains is not None:
         counts, alphas = learner_counts(run_dir, saved, dataset, chains)
-        evalset_path = derived_path(dataset, run_dir, cfg.evalset_name)
-        per_dataset = dataset_references(dataset, evalset, evalset_path, chains)
+        path = derived_path(dataset, run_dir, derived_name("references", cfg.eval_windows, cfg.eval_seed))
+        per_dataset = dataset_references(dataset, evalset, path, evalset_sha, chains)
         extra = {"entropy_rate": {str(n): float(h) for n, h in zip(chains["names"], chains["entropy_rate"])},
                  "learner_alpha": {n: float(a) for n, a in zip(names, alphas)},
                  "context_alpha": float(per_dataset["alpha"])}
@@ -296,7 +304,8 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
     t0 = time.time()
     saved, done, dataset, model, step = load_run(run_dir, dataset_cache, device, cfg.data_dir)
     evalset_path, evalset = load_evalset(dataset, cfg.eval_windows, cfg.eval_seed, run_dir)
-    arrays, categories, extra = score(model, dataset, evalset, saved, run_dir, cfg, device)
+    evalset_sha = file_sha(evalset_path)
+    arrays, categories, extra = score(model, dataset, evalset, evalset_sha, saved, run_dir, cfg, device)
     config, names = saved["config"], trained_on(saved)["components"]
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "identity": saved["identity"],
               "experiment": experiment_identity(config, dataset.fingerprint, dataset.default_order,
@@ -309,7 +318,7 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
               "token_budget": int(sum(trained_on(saved)["tokens"].values())),
               "tokens_trained": done["tokens"], "checkpoint_step": step, "steps": done["steps"],
               "dtype": resolve_dtype(cfg.dtype, device),
-              "evalset": {"path": evalset_path, "sha": file_sha(evalset_path), "seed": cfg.eval_seed,
+              "evalset": {"path": evalset_path, "sha": evalset_sha, "seed": cfg.eval_seed,
                           "n_windows": cfg.eval_windows},
               "categories": categories, **extra}
     write_evaluation(run_dir, arrays, result)
@@ -331,7 +340,6 @@ def main(argv):
                             (cfg.cpu_threads >= 0, "cpu_threads", "use a positive number, or 0 for the default")):
         if not ok:
             raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
-    cfg.evalset_name = f"evalset_n{cfg.eval_windows}_s{cfg.eval_seed}.npz"
     if not runs:
         raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
                         "(`ls out/` lists them)")

@@ -303,14 +303,13 @@ def check_synthetic(cfg):
     for ok, key, advice in checks:
         if not ok:
             raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
-
-
-def write_synthetic(cfg, out):
-    check_synthetic(cfg)
     if len(cfg.doc_tokens) != 2 or not 1 <= cfg.doc_tokens[0] <= cfg.doc_tokens[1]:
         raise UserError(f"doc_tokens={cfg.doc_tokens}: give a range (min, max), e.g. --doc_tokens=1000,4000")
     if len(cfg.split_tokens) != 3 or min(cfg.split_tokens) < 1:
         raise UserError(f"split_tokens={cfg.split_tokens}: give train, val, test token counts, each positive")
+
+
+def write_synthetic(cfg, out):
     rng = np.random.default_rng(cfg.seed)
     eot = cfg.synth_vocab
     names = [f"chain{i}" for i in range(cfg.n_components)]

@@ -239,7 +239,6 @@ def evaluate_config(*argv):
     from types import SimpleNamespace
     from configurator import config_defaults, configure
     cfg = SimpleNamespace(**configure(config_defaults(vars(evaluate)), [*EVAL, *argv]))
-    cfg.evalset_name = f"evalset_n{cfg.eval_windows}_s{cfg.eval_seed}.npz"
     return cfg
 
 
