@@ -15,10 +15,8 @@ at its Holm level (stats.holm_levels), so an interval excludes 0 exactly where t
 import math
 from dataclasses import dataclass, field
 
-from scipy import stats as scipy_stats
-
 from harness.decomposition import PART_LABELS
-from harness.stats import holm, holm_levels
+from harness.stats import LEVEL, holm, holm_levels, t_interval, t_p_value
 
 ALPHA = 0.05
 FULL = "seeds and documents"        # the only scope that supports a claim
@@ -28,15 +26,19 @@ def p_value(interval):
     """Two-sided p-value of 'zero' from an Interval's estimate, standard error and df."""
     if interval.covers == "n/a" or not interval.se:
         return 1.0
-    return float(2 * scipy_stats.t.sf(abs(interval.value) / interval.se, interval.df))
+    return float(t_p_value(interval.value, interval.se ** 2, interval.df))
 
 
 def at_level(interval, level):
     """The same estimate's interval at another confidence level (its se and df kept)."""
     if interval.covers == "n/a" or not interval.se:
         return list(interval.ci)
-    half = scipy_stats.t.ppf(0.5 + level / 2, interval.df) * interval.se
-    return [interval.value - half, interval.value + half]
+    return t_interval(interval.value, interval.se ** 2, interval.df, interval.covers, level)["ci"]
+
+
+def holm_interval(test):
+    """A test's interval at its Holm level (pointwise where the family gave it none)."""
+    return at_level(test.interval, test.level if not math.isnan(test.level) else LEVEL)
 
 
 @dataclass
@@ -97,7 +99,7 @@ def k_claims(parts):
 
 def holm_text(test):
     """A test's estimate with its interval at its Holm level, as the table shows it."""
-    lo, hi = at_level(test.interval, test.level if not math.isnan(test.level) else 0.95)
+    lo, hi = holm_interval(test)
     return f"{test.interval.value:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
@@ -141,7 +143,7 @@ def conclusion_lines(d, fmt):
             if t is None:
                 cells.append("—")
                 continue
-            lo, hi = at_level(t.interval, t.level if not math.isnan(t.level) else 0.95)
+            lo, hi = holm_interval(t)
             mark = "" if t.supports else " †"
             star = " **" if t.established else ""
             cells.append(f"{t.interval.value:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}{star}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.analysis import Interval, by_k, held_out, stack_view, window_stats
-from harness.stats import crossed_mean, document_means, difference_interval, holm
+from harness.stats import crossed_mean, document_means, difference_interval, holm, mean_interval
 
 
 @dataclass
@@ -51,7 +51,7 @@ def analyse_unseen(experiment):
     reference = min(cells)
     for k, cell in cells.items():
         values = model[k][0]
-        row = UnseenRow(k, len(cell), Interval.of(crossed_mean(window_stats(values), docs), 0))
+        row = UnseenRow(k, len(cell), Interval.of(mean_interval(means[k]), 0))
         context, _ = stack_view(cell, categories, "context")
         if context is not None:
             row.context = Interval.of(crossed_mean(window_stats(context[:1]), docs), 0)

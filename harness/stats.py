@@ -223,10 +223,7 @@ def difference_interval(cell_a, cell_b, level=LEVEL):
     """
     if not np.array_equal(cell_a.ids, cell_b.ids):
         raise ValueError("a paired difference needs both cells on the same documents")
-    v = crossed_variance([(cell_a.means, 1.0), (cell_b.means, -1.0)], cell_a.weights)
-    result = t_interval(v["estimate"], v["variance"], v["df"], v["covers"], level)
-    result["p_value"] = np.asarray(t_p_value(v["estimate"], v["variance"], v["df"])).tolist()
-    return result
+    return combination_interval([(cell_a, 1.0), (cell_b, -1.0)], cell_a.weights, level)
 
 
 def crossed_mean(values, docs, level=LEVEL):
