@@ -552,13 +552,22 @@ def finish(job, state, log):
 def main(argv):
     cfg = read_config(argv)
     place = Place(*distributed_setup(cfg))
+    train(cfg, place)
+    if place.world > 1:
+        # ranks leave together: tearing gloo down while rank 0 still wrote aborted 2 runs in 15
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def train(cfg, place):
+    """The run cfg names, from its data to its done marker; every rank returns the same way."""
     master = place.rank == 0
     log = print if master else (lambda *a, **k: None)
     dataset = Dataset(cfg.data_dir)
     paths = resolve_run(dataset, cfg)
     share = Share(*training_share(dataset, cfg))
     if cfg.print_run_dir:
-        print(cfg.out_dir)
+        log(cfg.out_dir)
         return
     stop_with_sweep()
     lock = lock_folder(cfg.out_dir, "train.py") if master else None     # noqa: F841 (held)
@@ -586,8 +595,6 @@ def main(argv):
                validation_windows(dataset, share.components, cfg.val_windows), log)
     if master:
         finish(job, state, log)
-    if place.world > 1:
-        torch.distributed.destroy_process_group()
 
 
 def _duration(seconds):
