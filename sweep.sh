@@ -46,8 +46,8 @@ OUT=${OUT:-out}                               # runs root
 RESULTS=${RESULTS:-results}                   # figures, tables, REPORT.md
 PYTHON=${PYTHON:-python}
 PARALLEL=${PARALLEL:-auto}                    # runs at once in all: GPUs x RUNS_PER_GPU, or cores on CPU
-RUNS_PER_GPU=${RUNS_PER_GPU:-auto}            # runs side by side on one card; auto: by model size, from
-                                              # the measured throughput (BENCHMARKS.md, "runs per card")
+RUNS_PER_GPU=${RUNS_PER_GPU:-1}               # runs side by side on one card (measured: 1 is fastest at
+                                              # every size; BENCHMARKS.md, "runs per card")
 FORCE_CPU=${FORCE_CPU:-0}                     # 1: run the arXiv sweep even without a GPU
 EVAL_ARGS=${EVAL_ARGS:-""}                    # e.g. "--eval_windows=500"
 if [[ $MODE == arxiv ]]; then
@@ -64,6 +64,10 @@ else
   EVAL_ARGS=${EVAL_ARGS:-"--cpu_threads=1"}   # runs are evaluated side by side, one core each
 fi
 # -----------------------------------------------------------------------------------------------
+for setting in "PARALLEL=$PARALLEL" "RUNS_PER_GPU=$RUNS_PER_GPU"; do     # runs at once: whole numbers
+  [[ ${setting#*=} =~ ^[1-9][0-9]*$ || $setting == PARALLEL=auto ]] || {
+    echo "error: $setting: use a whole number of runs, 1 or more (PARALLEL may also be auto)" >&2; exit 2; }
+done
 
 VISIBLE_GPUS=${CUDA_VISIBLE_DEVICES:-}        # the user's list, before slots narrow it per run
 # paths the user gave are relative to where they stand, not to this script's folder
@@ -83,6 +87,19 @@ for size in $SIZES; do
   size_args "$size" >/dev/null || { echo "error: size '$size': use a config name (config/<size>.py) or" \
                                          "<L>L-<d>d-<h>h, e.g. SIZES=\"2L-32d-4h synthetic\"" >&2; exit 2; }
 done
+# a grid in which two cells are one run would train one folder twice at once: refuse it
+for list in "$KS" "$SEEDS" "$SIZES" "$ARMS"; do
+  if [[ $(tr ' ' '\n' <<<"$list" | grep -c .) -ne $(tr ' ' '\n' <<<"$list" | grep . | sort -u | wc -l) ]]; then
+    echo "error: '$list' names a value twice; each K, seed, size and arm once" >&2; exit 2
+  fi
+done
+# one run's train.py arguments, in RUN_ARGS: the one definition that --list, the size check and
+# each run use
+run_args() {   # size k seed arm
+  # shellcheck disable=SC2206
+  RUN_ARGS=($BASE_CONFIG $(size_args "$1") --data_dir="$DATA" --out_root="$OUT" --k="$2" --seed="$3" --arm="$4"
+            "${EXTRA[@]}")
+}
 # the K-mixtures first (K = 1 before anything that is compared with it), then their arms: one list
 # that sizes, K values and seeds loop over
 RUNS=()
@@ -94,8 +111,8 @@ fi
 if [[ $LIST == 1 ]]; then                     # e.g. a SLURM array: line $((SLURM_ARRAY_TASK_ID + 1))
   for entry in "${RUNS[@]}"; do
     IFS=: read -r size k seed arm <<<"$entry"
-    echo "$BASE_CONFIG $(size_args "$size") --data_dir=$DATA --out_root=$OUT" \
-         "--k=$k --seed=$seed --arm=$arm ${EXTRA[*]}" | tr -s ' ' | sed 's/^ //; s/ $//'
+    run_args "$size" "$k" "$seed" "$arm"
+    echo "${RUN_ARGS[*]}"
   done
   exit 0
 fi
@@ -163,8 +180,7 @@ fi
 
 # runs per card: on an H200 (bench.py --what=gpu, BENCHMARKS.md) one run of tiny, small or medium
 # keeps the card busy, and 2-4 runs side by side (time-sliced, 3-4 GB each) gave 0.89-0.90x of one
-# run's tokens/s, so auto is one run per card; RUNS_PER_GPU=2 can pay where runs leave the card idle
-[[ $RUNS_PER_GPU == auto ]] && RUNS_PER_GPU=1
+# run's tokens/s, so the default is one run per card; RUNS_PER_GPU=2 can pay where runs leave it idle
 if [[ $PARALLEL == auto ]]; then
   if [[ $N_GPUS -gt 0 ]]; then PARALLEL=$((N_GPUS * RUNS_PER_GPU)); else PARALLEL=$(nproc); fi
   [[ $MODE == arxiv && $N_GPUS -eq 0 ]] && PARALLEL=1
@@ -177,18 +193,11 @@ else
 fi
 
 # ---- 3. train + evaluate each run (one slot per GPU, or per core on CPU) ---------------------------
-# a grid in which two cells are one run would train one folder twice at once: refuse it
-for list in "$KS" "$SEEDS" "$SIZES" "$ARMS"; do
-  if [[ $(tr ' ' '\n' <<<"$list" | grep -c .) -ne $(tr ' ' '\n' <<<"$list" | grep . | sort -u | wc -l) ]]; then
-    echo "error: '$list' names a value twice; each K, seed, size and arm once" >&2; exit 2
-  fi
-done
 if [[ $(wc -w <<<"$SIZES") -gt 1 ]]; then
   declare -A SIZE_OF=()
   for size in $SIZES; do
-    # shellcheck disable=SC2046
-    one=$($PYTHON train.py $BASE_CONFIG $(size_args "$size") --data_dir="$DATA" --out_root="$OUT" \
-          --k="${KS%% *}" --seed="${SEEDS%% *}" "${EXTRA[@]}" --print_run_dir 2>/dev/null) || continue
+    run_args "$size" "${KS%% *}" "${SEEDS%% *}" mixture
+    one=$($PYTHON train.py "${RUN_ARGS[@]}" --print_run_dir 2>/dev/null) || continue
     if [[ -n ${SIZE_OF[$one]:-} ]]; then
       echo "error: sizes '${SIZE_OF[$one]}' and '$size' are the same model (one run folder, $one); drop one" >&2
       exit 2
@@ -201,8 +210,8 @@ run_one() {   # size k seed arm slot
   local size=$1 k=$2 seed=$3 arm=$4 slot=$5
   local label="k${k}" dir rc
   [[ $arm != mixture ]] && label="k${k} $arm"
-  local args=($BASE_CONFIG $(size_args "$size") --data_dir="$DATA" --out_root="$OUT" --k="$k" --seed="$seed"
-              --arm="$arm" "${EXTRA[@]}")
+  run_args "$size" "$k" "$seed" "$arm"
+  local args=("${RUN_ARGS[@]}")
   local where=""
   if [[ $N_GPUS -gt 1 ]]; then          # slots spread over the GPUs, from the list the user gave, if any
     local gpus

@@ -99,7 +99,8 @@ def test_the_listed_grid_is_exactly_the_runs_the_sweep_trains(finished_sweep, mo
     import train
     tmp, _ = finished_sweep
     listed = subprocess.run(["bash", "sweep.sh", "--list", "synthetic", *TRAIN_ARGS, "--token_budget=1500",
-                             "--epochs=2"], cwd=ROOT, env=sweep_env(tmp), capture_output=True, text=True, timeout=60)
+                             "--epochs=2"], cwd=ROOT, env=sweep_env(tmp), capture_output=True, text=True,
+                            timeout=60)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     monkeypatch.chdir(ROOT)
@@ -312,6 +313,16 @@ def test_an_argument_that_is_not_a_mode_or_setting_is_refused_before_anything_ru
     result = run_sweep(tmp_path, stray)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"error: '{stray}' is neither a mode (synthetic, arxiv), --list, nor a --key=value" in result.stderr
+    assert not os.path.exists(f"{tmp_path}/synthetic") and not os.path.exists(f"{tmp_path}/out")
+
+
+@pytest.mark.parametrize("setting", [{"PARALLEL": "0"}, {"PARALLEL": "two"}, {"RUNS_PER_GPU": "auto"},
+                                     {"RUNS_PER_GPU": "-1"}])
+def test_a_number_of_runs_at_once_that_is_not_one_or_more_is_refused(tmp_path, setting):
+    result = run_sweep(tmp_path, **setting)
+    (key, value), = setting.items()
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: {key}={value}: use a whole number of runs, 1 or more" in result.stderr
     assert not os.path.exists(f"{tmp_path}/synthetic") and not os.path.exists(f"{tmp_path}/out")
 
 
