@@ -209,7 +209,7 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_im
     (train.py's resolution of "auto" by default) and torch.compile's `mode` (None: train.py's)."""
     import torch
     from model import device_peak_flops
-    t = training_step(name, cfg, device, n_tok, batch, work, loss_impl, mode)
+    t = training_step(name, cfg, device, n_tok, batch, loss_impl, mode)
     clock = Clock(device)
     t_warm = clock.run(t.step, warm)          # compilation happens here
     s_ours = clock.run(lambda i: t.step(warm + i), n_steps)
@@ -219,7 +219,9 @@ def bench_one_size(name, cfg, device, n_tok, batch, warm, n_steps, work, loss_im
     s_data = clock.run(lambda i: t.source.batch(t.plans[i % len(t.plans)], t.full), n_steps)
     s_nano = float("nan")
     if nanogpt:
-        nano = nanogpt_step_fn(t.model, t.optimizer, t.path, batch, device, t.autocast, t.rng)
+        path = os.path.join(work, f"tokens_{name}_{os.getpid()}.bin")     # nanoGPT reads a memmap
+        t.tokens.tofile(path)
+        nano = nanogpt_step_fn(t.model, t.optimizer, path, batch, device, t.autocast, t.rng)
         clock.run(nano, 2)
         s_nano = clock.run(nano, n_steps)
     peak_mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
@@ -389,7 +391,6 @@ def bench_card(cfg, work):
     sweep.sh starts them), all compiled first, then measured together for card_seconds."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
-    cfg = SimpleNamespace(**{**vars(cfg), "work_dir": work})
     sizes, most = list(cfg.card_sizes) or ["tiny", "small", "medium"], max(cfg.card_runs)
     workers = {}
     for name in sizes:                        # every worker compiles at once: the card is idle then

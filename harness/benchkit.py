@@ -66,9 +66,9 @@ class Clock:
 # -----------------------------------------------------------------------------
 # the training step, ours and nanoGPT's, and where its device time goes
 
-def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=None):
+def training_step(name, cfg, device, n_tok, batch, loss_impl="auto", mode=None):
     """Model, optimizer and train.py's loop body (train.train_step on WindowSource batches)
-    for a size, on random tokens. Returns a namespace with step(i) for Clock.run."""
+    for a size, on random tokens (t.tokens). Returns a namespace with step(i) for Clock.run."""
     import torch
     import train
     from model import autocast_for, resolve_dtype, resolve_loss_impl, resolve_switch
@@ -76,7 +76,7 @@ def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=
     run_config, vocab = size_config(name)
     dtype = resolve_dtype(cfg.dtype, device)
     t = SimpleNamespace(run_config=run_config, vocab=vocab, autocast=autocast_for(device, dtype), losses=[],
-                        batch=batch, path=os.path.join(work, f"tokens_{name}_{os.getpid()}.bin"))
+                        batch=batch)
     torch.manual_seed(cfg.seed)
     t.raw = GPT(GPTConfig.from_run(run_config, vocab)).to(device)
     t.raw.loss_impl = "cce" if loss_impl == "cce" and add_cce_output_layer() else resolve_loss_impl(loss_impl)
@@ -84,9 +84,8 @@ def training_step(name, cfg, device, n_tok, batch, work, loss_impl="auto", mode=
     t.compiled = resolve_switch(cfg.compile, device)
     t.model = (torch.compile(t.raw, mode=mode) if mode else torch.compile(t.raw)) if t.compiled else t.raw
     t.rng = np.random.default_rng(cfg.seed)
-    tokens = t.rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
-    tokens.tofile(t.path)
-    t.source = WindowSource(tokens, device, on_device=device.type == "cuda")
+    t.tokens = t.rng.integers(0, vocab - 1, size=n_tok, dtype=np.uint16)
+    t.source = WindowSource(t.tokens, device, on_device=device.type == "cuda")
     t.full = np.full(batch, BLOCK)
     t.plans = [t.rng.integers(0, n_tok - WINDOW, size=batch) for _ in range(64)]
 
@@ -383,7 +382,7 @@ def card_worker(name, cfg, conn):
     from model import resolve_device
     device = resolve_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    t = training_step(name, cfg, device, 20_000_000, cfg.batch_size or 128, cfg.work_dir)
+    t = training_step(name, cfg, device, 20_000_000, cfg.batch_size or 128)
     clock = Clock(device)
     clock.run(t.step, 10)
     cuda = device.type == "cuda"

@@ -1,6 +1,5 @@
 """bench.py's bookkeeping on CPU: the sweep's cost from measured rates, kernels by class, and the
 runs-per-card measurement (real worker processes sharing one device)."""
-import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -38,9 +37,9 @@ def test_kernel_classes_sum_device_time_per_step():
     assert list(classes)[0] == "matrix products (cuBLAS/CUTLASS)"    # largest first
 
 
-def test_runs_side_by_side_are_measured_in_separate_processes():
+def test_runs_side_by_side_are_measured_in_separate_processes(tmp_path):
     cfg = bench_config("--device=cpu", "--batch_size=2", "--card_sizes=1L-16d-2h-v65", "--card_runs=1,2",
                        "--card_seconds=0.5")
-    rows = bench.bench_card(cfg, tempfile.mkdtemp())
+    rows = bench.bench_card(cfg, str(tmp_path))
     assert [(r["size"], r["runs"]) for r in rows] == [("1L-16d-2h-v65", 1), ("1L-16d-2h-v65", 2)]
     assert all(r["tokens_per_s"] > 0 for r in rows)
