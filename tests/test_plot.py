@@ -93,9 +93,15 @@ def close(a, b):
 # -----------------------------------------------------------------------------
 # the whole report
 
-def test_report_of_a_sweep_with_every_arm_and_an_ablation(sweep, tmp_path):
-    results = str(tmp_path / "results")
-    text, fits = run_plot(sweep["out"], results)
+@pytest.fixture(scope="module")
+def sweep_report(sweep, tmp_path_factory):
+    """The report of the whole sweep, figures included: (REPORT.md's text, fits.json, its folder)."""
+    results = str(tmp_path_factory.mktemp("report") / "results")
+    return (*run_plot(sweep["out"], results), results)
+
+
+def test_report_of_a_sweep_with_every_arm_and_an_ablation(sweep, sweep_report):
+    text, fits, results = sweep_report
     for name in ("xe_vs_k", "xe_position", "decomposition", "excess_area", "late_power_law", "dataset",
                  "training"):
         for ext in ("png", "pdf"):
@@ -125,8 +131,8 @@ def test_report_of_a_sweep_with_every_arm_and_an_ablation(sweep, tmp_path):
     contrast = {(c["k"], c["metric"]): c["difference"]["value"]
                 for c in fits["tests"]["contrasts_vs_reference_k"]}
     first = fits["first_component"]
-    arm_mean = lambda key: np.mean([np.load(os.path.join(sweep["runs"][key], "eval.npz"))[f"model:{first}"].mean()
-                                    for _ in [0]])                              # noqa: E731
+    def arm_mean(key):
+        return np.load(os.path.join(sweep["runs"][key], "eval.npz"))[f"model:{first}"].mean()
     for p in parts:
         values = {n: p["parts"][n]["value"] for n in ("scarcity", "dilution", "sharing", "identification")}
         assert sum(values.values()) == pytest.approx(p["total"]["value"], abs=1e-12), p
@@ -377,9 +383,9 @@ def test_a_fourth_position_range_is_added_in_one_place(sweep, tmp_path):
     assert "XE mid, t = 11..50 |" in report_text and "| mid, t = 11..50 |" in report_text     # tables
 
 
-def test_holm_adjusted_p_values_reach_the_report(sweep, tmp_path, text_only):
+def test_holm_adjusted_p_values_reach_the_report(sweep_report):
     """The contrasts table's "p (Holm)" column is stats.holm of its own p column, per metric."""
-    text, fits = run_plot(sweep["out"], str(tmp_path / "results"))
+    text, fits, _ = sweep_report
     contrasts = fits["tests"]["contrasts_vs_reference_k"]
     for metric in analysis.METRICS:
         family = [c for c in contrasts if c["metric"] == metric]
