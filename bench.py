@@ -446,7 +446,7 @@ def bench_gpu(cfg, work):
             print(f"\n{part} benchmark failed: {result[f'{part}_error']}")
         print(f"({part}: {time.time() - t0:.0f}s)")
         if cfg.json_file:
-            save_record(cfg.json_file + ".partial", result, first=True)
+            save_record(cfg.json_file + ".partial", result, first=part == "train")   # one record, grown
     if "loop" in result and "card" in result:
         result["sweep"] = print_sweep_cost(result["loop"], result["card"])
     return result

@@ -167,8 +167,9 @@ say "sweep $MODE: K in {$KS}, seeds {$SEEDS}, sizes {$SIZES}, arms $ARMS_SAID, d
 # ---- 1. where runs go (an arXiv sweep without a GPU stops here, before any download) --------
 N_GPUS=${N_GPUS:-$($PYTHON -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)}
 if [[ $MODE == arxiv && $N_GPUS -eq 0 && $FORCE_CPU != 1 ]]; then
+  COST_ARMS=$([[ $CONTROLS == 1 ]] && echo "mixture $ARMS" || echo mixture)
   $PYTHON -m harness.cost --data_dir="$DATA" --sizes="${SIZES// /,}" --ks="${KS// /,}" \
-    --seeds="${SEEDS// /,}" --controls="$CONTROLS"
+    --seeds="${SEEDS// /,}" --arms="${COST_ARMS// /,}"
   exit 1
 fi
 # ---- 2. data ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ estimate that sweep.sh prints instead of starting an arXiv sweep on a machine wi
 import os
 from types import SimpleNamespace
 
-from configurator import config_defaults, configure, run_cli
+from configurator import UserError, config_defaults, configure, run_cli
 from harness.runs import read_json, size_config
 
 # -----------------------------------------------------------------------------
@@ -16,22 +16,25 @@ data_dir = "data/arxiv"     # its stats.json gives the budget (else ~50M tokens,
 sizes = ["small"]
 ks = [1, 2, 3, 4, 5]
 seeds = [1, 2, 3]
-controls = True             # the K = 1 controls of every K >= 2 (sweep.sh's CONTROLS)
+arms = ["mixture", "control", "exposure", "tagged"]     # mixture.ARMS (sweep.sh: the mixture + ARMS)
 cpu_flops = 5e10            # what 2-4 cores sustain on these models in float32, roughly
 # -----------------------------------------------------------------------------
 
-# each arm: the K values it runs (of the sweep's), and its steps as a share of a mixture run's
-SWEEP_ARMS = {
-    "mixture": lambda ks: [(k, 1.0) for k in ks],
-    "steps-matched control": lambda ks: [(k, 1.0) for k in ks if k >= 2],
-    "exposure-matched control": lambda ks: [(k, 1.0 / k) for k in ks if k >= 2],
-    "tagged mixture": lambda ks: [(k, 1.0) for k in ks if k >= 2],
+# each arm (mixture.ARMS): its steps as a share of its K-mixture's; arms beside the mixture run at K >= 2
+ARM_SHARES = {
+    "mixture": lambda k: 1.0,
+    "control": lambda k: 1.0,           # steps-matched: epochs x K passes over a 1/K share
+    "exposure": lambda k: 1.0 / k,      # exposure-matched: that share for `epochs` passes
+    "tagged": lambda k: 1.0,
 }
 
 
-def run_shares(ks, seeds, arms=tuple(SWEEP_ARMS)):
+def run_shares(ks, seeds, arms=tuple(ARM_SHARES)):
     """Each run's steps as a share of a mixture run's, over the arms, K values and seeds."""
-    return [share for arm in arms for _, share in SWEEP_ARMS[arm](list(ks))] * seeds
+    unknown = [arm for arm in arms if arm not in ARM_SHARES]
+    if unknown:
+        raise UserError(f"arms: {', '.join(unknown)} is not an arm; use some of {', '.join(ARM_SHARES)}")
+    return [ARM_SHARES[arm](k) for arm in arms for k in ks if arm == "mixture" or k >= 2] * seeds
 
 
 def sweep_cost(tokens_per_run, tok_per_s_per_slot, slots, fixed_s, eval_s, ks=(1, 2, 3, 4, 5), seeds=3):
@@ -48,8 +51,7 @@ def cpu_estimate(cfg):
     from model import GPT, GPTConfig
     stats = os.path.join(cfg.data_dir, "stats.json")
     budget = read_json(stats)["default_budget"] if os.path.exists(stats) else 50_000_000
-    arms = tuple(SWEEP_ARMS) if cfg.controls else ("mixture",)
-    shares = run_shares(cfg.ks, len(cfg.seeds), arms)
+    shares = run_shares(cfg.ks, len(cfg.seeds), cfg.arms)
     flops, epochs = 0.0, 4
     for size in cfg.sizes:
         run_config, vocab = size_config(size)

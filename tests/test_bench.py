@@ -1,11 +1,12 @@
 """bench.py's bookkeeping on CPU: the sweep's cost from measured rates, kernels by class, and the
 runs-per-card measurement (real worker processes sharing one device)."""
+import json
 from types import SimpleNamespace
 
 import pytest
 
 import bench
-from harness import benchkit, cost
+from harness import benchkit, cost, mixture
 from configurator import config_defaults, configure
 
 
@@ -14,6 +15,7 @@ def bench_config(*argv):
 
 
 def test_sweep_cost_counts_every_arm_and_its_share_of_steps():
+    assert list(cost.ARM_SHARES) == list(mixture.ARMS)             # one list of arms
     # per seed: 5 mixtures, 4 steps-matched controls, 4 tagged mixtures (each a mixture's steps) and
     # 4 exposure-matched controls (1/K of the steps): 17 runs, 13 + 1/2 + 1/3 + 1/4 + 1/5 mixtures
     runs, equivalents, hours = cost.sweep_cost(1e6, 1e3, slots=1, fixed_s=10, eval_s=5)
@@ -43,3 +45,17 @@ def test_runs_side_by_side_are_measured_in_separate_processes(tmp_path):
     rows = bench.bench_card(cfg, str(tmp_path))
     assert [(r["size"], r["runs"]) for r in rows] == [("1L-16d-2h-v65", 1), ("1L-16d-2h-v65", 2)]
     assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_the_gpu_benchmark_keeps_one_partial_record_that_grows_part_by_part(tmp_path, monkeypatch):
+    """Each part is saved as it finishes, a failed part named beside the others: one record in
+    the .partial file, not one copy per part."""
+    monkeypatch.setattr(bench, "bench_train", lambda cfg, work: {"small": 1})
+    monkeypatch.setattr(bench, "bench_loop", lambda cfg, work: 1 / 0)
+    monkeypatch.setattr(bench, "bench_card", lambda cfg, work: [{"size": "small", "runs": 1}])
+    path = str(tmp_path / "bench.json")
+    result = bench.bench_gpu(bench_config(f"--json_file={path}"), str(tmp_path))
+    with open(path + ".partial") as f:
+        records = json.load(f)
+    assert records == [result] and set(result) == {"train", "loop_error", "card"}
+    assert result["loop_error"].startswith("ZeroDivisionError")

@@ -249,13 +249,18 @@ def test_an_ablation_lands_beside_the_default_runs(finished_sweep):
 
 
 def test_arxiv_sweep_without_gpu_stops_with_an_estimate(tmp_path):
-    result = subprocess.run(["bash", "sweep.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, OUT=f"{tmp_path}/out", DATA=f"{tmp_path}/arxiv",
-                                     CUDA_VISIBLE_DEVICES=""))     # no GPU, also on a GPU host
+    def estimate(**arms):
+        return subprocess.run(["bash", "sweep.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, OUT=f"{tmp_path}/out", DATA=f"{tmp_path}/arxiv",
+                                       CUDA_VISIBLE_DEVICES="", **arms))     # no GPU, also on a GPU host
+    result = estimate()
     assert result.returncode == 1
     assert "no GPU visible" in result.stdout and "bash sweep.sh synthetic" in result.stdout
     assert "days" in result.stdout
     assert not os.path.exists(tmp_path / "arxiv")          # stopped before downloading anything
+    # the estimate counts the arms the sweep would run: 3 seeds x (5 mixtures + 4 per arm at K >= 2)
+    assert "(51 runs" in result.stdout
+    assert "(27 runs" in estimate(ARMS="control").stdout and "(15 runs" in estimate(CONTROLS="0").stdout
 
 
 def copy_of_the_repository(dst):
