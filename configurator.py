@@ -25,6 +25,13 @@ def run_cli(main):
         sys.exit(130)
 
 
+def check_settings(cfg, checks):
+    """(ok, key, advice) per setting: the first one not ok is a UserError naming its value."""
+    for ok, key, advice in checks:
+        if not ok:
+            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+
+
 def config_defaults(module_globals):
     """The config keys of a script: its public module globals of plain types."""
     plain = (int, float, bool, str, list, tuple, type(None))

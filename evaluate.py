@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from configurator import UserError, config_defaults, configure, run_cli
+from configurator import UserError, check_settings, config_defaults, configure, run_cli
 from harness.data import Dataset, file_sha, fixed_windows, gather_windows
 from harness.mixture import Mixture, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
@@ -334,12 +334,10 @@ def evaluate_run(run_dir, cfg, dataset_cache, device):
 def main(argv):
     runs = [a for a in argv if not a.startswith("--")]
     cfg = SimpleNamespace(**configure(config_defaults(globals()), [a for a in argv if a.startswith("--")]))
-    for ok, key, advice in ((cfg.eval_windows >= 1, "eval_windows", "use at least 1 window per category"),
-                            (cfg.eval_seed >= 0, "eval_seed", "use a seed >= 0"),
-                            (cfg.batch_size >= 0, "batch_size", "use a positive number, or 0 for the default"),
-                            (cfg.cpu_threads >= 0, "cpu_threads", "use a positive number, or 0 for the default")):
-        if not ok:
-            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+    check_settings(cfg, [(cfg.eval_windows >= 1, "eval_windows", "use at least 1 window per category"),
+                         (cfg.eval_seed >= 0, "eval_seed", "use a seed >= 0"),
+                         (cfg.batch_size >= 0, "batch_size", "use a positive number, or 0 for the default"),
+                         (cfg.cpu_threads >= 0, "cpu_threads", "use a positive number, or 0 for the default")])
     if not runs:
         raise UserError("name the run folders to evaluate, e.g. `python evaluate.py out/<run>` "
                         "(`ls out/` lists them)")

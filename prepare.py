@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from configurator import UserError, config_defaults, configure, run_cli
+from configurator import UserError, check_settings, config_defaults, configure, run_cli
 from harness.data import SPLITS, Dataset, content_fingerprint, default_order, replacing_lock
 from harness.references import stationary_distribution
 from harness.runs import DIR_MODE, provenance, write_json
@@ -300,9 +300,7 @@ def check_synthetic(cfg):
               (2 <= cfg.synth_vocab <= 4096, "synth_vocab", "use 2 to 4096 states (the chains are V x V)"),
               (cfg.concentration > 0, "concentration", "use a positive Dirichlet concentration, e.g. 0.03"),
               (0 < cfg.floor <= 1, "floor", "use a uniform floor in (0, 1], e.g. 0.02")]
-    for ok, key, advice in checks:
-        if not ok:
-            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+    check_settings(cfg, checks)
     if len(cfg.doc_tokens) != 2 or not 1 <= cfg.doc_tokens[0] <= cfg.doc_tokens[1]:
         raise UserError(f"doc_tokens={cfg.doc_tokens}: give a range (min, max), e.g. --doc_tokens=1000,4000")
     if len(cfg.split_tokens) != 3 or min(cfg.split_tokens) < 1:

@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from configurator import UserError, config_defaults, configure, run_cli
+from configurator import UserError, check_settings, config_defaults, configure, run_cli
 from harness.data import Dataset, fixed_windows, gather_windows
 from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
@@ -192,9 +192,7 @@ def read_config(argv):
     checks += [(getattr(cfg, key) >= 1, key, "must be a positive integer")
                for key in ("batch_size", "n_layer", "n_head", "n_embd", "log_interval",
                            "eval_interval", "ckpt_interval", "val_windows")]
-    for ok, key, advice in checks:
-        if not ok:
-            raise UserError(f"{key}={getattr(cfg, key)}: {advice}")
+    check_settings(cfg, checks)
     if cfg.wandb_log and importlib.util.find_spec("wandb") is None:
         raise UserError("wandb_log=True but wandb is not installed: `pip install wandb`, or drop --wandb_log")
     return cfg

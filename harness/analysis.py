@@ -148,7 +148,7 @@ class Study:
     runs: list
     skipped: dict
     main: Experiment
-    choice: str                     # which rule chose it: "group", "defaults", "largest"
+    choice: str                     # which rule chose it: report.CHOICE
     analysis: Analysis
     experiments: list               # ExperimentSummary, the main one first
     budget: BudgetCheck

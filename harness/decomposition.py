@@ -55,6 +55,7 @@ class LearnerParts:
     metric: str
     scarcity: Interval                      # learner1(K) - learner1(1)
     identification: Interval                # learner(K) - learner1(K)
+    network: Interval = None                # the network's identification (mixture - tagged), if it ran
     ratio: float = math.nan                 # network / ideal identification (where the ideal excludes 0)
 
 
@@ -166,7 +167,7 @@ def decompose(experiment, first, docs):
             result.bayes_area[k] = Interval.of(crossed_mean((bayes.astype(np.float64) - oracle).sum(-1), docs))
     network = {(p.k, p.metric): p.parts.get("identification") for p in result.parts}
     for lp in result.learner:
-        net = network.get((lp.k, lp.metric))
-        if net is not None and lp.identification.separated_from_zero:
-            lp.ratio = net.value / lp.identification.value
+        lp.network = network.get((lp.k, lp.metric))
+        if lp.network is not None and lp.identification.separated_from_zero:
+            lp.ratio = lp.network.value / lp.identification.value
     return result

@@ -146,58 +146,54 @@ def fill_default_orders(runs, out_dir):
             meta.get("default_order") if meta.get("fingerprint") == fingerprint else None)
 
 
+def keep_most_common(runs, skipped, group, value, why):
+    """Within each group of runs, those with the group's most common value are kept (a tie goes to
+    the first value as text); every other run is named in `skipped`, with why(run, common)."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(group(r), []).append(r)
+    left_out = set()
+    for members in groups.values():
+        values = [value(r) for r in members]
+        common = max(sorted(set(values), key=str), key=values.count)
+        for r in members:
+            if value(r) != common:
+                skipped[r.name] = why(r, common)
+                left_out.add(id(r))
+    return [r for r in runs if id(r) not in left_out]
+
+
 def drop_other_evalsets(runs, skipped):
     """Every comparison pairs windows across runs: a run scored on another evaluation set is left out."""
-    kept = list(runs)
-    for dataset in sorted({r.eval["dataset"] for r in runs}):
-        shas = [r.eval.get("evalset", {}).get("sha") for r in runs if r.eval["dataset"] == dataset]
-        common = max(sorted(set(shas), key=str), key=shas.count)
-        for r in runs:
-            if r.eval["dataset"] == dataset and r.eval.get("evalset", {}).get("sha") != common:
-                skipped[r.name] = (f"evaluated on a different evaluation set than the other {dataset} runs; "
-                                   f"re-run `python evaluate.py {r.dir} --force`")
-                kept.remove(r)
-    return kept
+    return keep_most_common(
+        runs, skipped, lambda r: r.eval["dataset"], lambda r: r.eval.get("evalset", {}).get("sha"),
+        lambda r, _: (f"evaluated on a different evaluation set than the other {r.eval['dataset']} runs; "
+                      f"re-run `python evaluate.py {r.dir} --force`"))
 
 
 def drop_other_evaluations(runs, skipped):
     """An experiment's runs pool only when one evaluation code and one precision scored them: the
     most common (evaluate.py's fingerprint, dtype) of each experiment is kept, the rest named."""
-    kind = {r.name: (str(r.eval.get("evaluation_code", {}).get("fingerprint")), str(r.eval.get("dtype")))
-            for r in runs}
-    kept = list(runs)
-    for experiment in sorted({r.experiment for r in runs}):
-        members = [r for r in runs if r.experiment == experiment]
-        kinds = [kind[r.name] for r in members]
-        common = max(sorted(set(kinds)), key=kinds.count)
-        for r in members:
-            if kind[r.name] != common:
-                code, dtype = kind[r.name]
-                what = "in another precision" if code == common[0] else "by other evaluation code"
-                skipped[r.name] = (f"evaluated {what} ({dtype}, evaluate code {code[:8]}) than the other runs "
-                                   f"of its experiment ({common[1]}, {common[0][:8]}); re-run `python "
-                                   f"evaluate.py {r.dir} --force --dtype={common[1]}`")
-                kept.remove(r)
-    return kept
+    def kind(r):
+        return str(r.eval.get("evaluation_code", {}).get("fingerprint")), str(r.eval.get("dtype"))
+
+    def why(r, common):
+        code, dtype = kind(r)
+        what = "in another precision" if code == common[0] else "by other evaluation code"
+        return (f"evaluated {what} ({dtype}, evaluate code {code[:8]}) than the other runs of its experiment "
+                f"({common[1]}, {common[0][:8]}); re-run `python evaluate.py {r.dir} --force --dtype={common[1]}`")
+    return keep_most_common(runs, skipped, lambda r: r.experiment, kind, why)
 
 
 def drop_mixed_cells(runs, skipped):
     """A K cell pools one mixture: runs of one experiment and K that extend the default order
     differently (K beyond its length) keep the mixture most of them trained on; the rest are left out."""
-    cells = {}
-    for r in runs:
-        cells.setdefault((r.experiment, r.arm, r.k), []).append(r)
-    kept = list(runs)
-    for (_, arm, k), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
-        mixtures = [tuple(r.components) for r in cell]
-        common = max(sorted(set(mixtures)), key=mixtures.count)
-        for r in cell:
-            if tuple(r.components) != common:
-                kept.remove(r)
-                skipped[r.name] = (f"trained on {', '.join(r.components)}, while the other K={k}"
-                                   f"{'' if arm == 'mixture' else ' ' + arm} runs of its experiment trained on "
-                                   f"{', '.join(common)}: a K cell pools one mixture")
-    return kept
+    def why(r, common):
+        return (f"trained on {', '.join(r.components)}, while the other K={r.k}"
+                f"{'' if r.arm == 'mixture' else ' ' + r.arm} runs of its experiment trained on "
+                f"{', '.join(common)}: a K cell pools one mixture")
+    return keep_most_common(runs, skipped, lambda r: (r.experiment, r.arm, r.k), lambda r: tuple(r.components),
+                            why)
 
 
 # -----------------------------------------------------------------------------
@@ -212,19 +208,21 @@ def group_experiments(runs):
     return experiments
 
 
-def default_experiment(run):
+def default_experiment(run, code=None):
     """The experiment the current defaults make on this run's data: train.py's defaults with the
-    source's default config files (runs.DEFAULT_CONFIGS, what `bash sweep.sh [synthetic]` runs)."""
+    source's default config files (runs.DEFAULT_CONFIGS, what `bash sweep.sh [synthetic]` runs),
+    trained by the current code, or by `code` (an earlier version's fingerprint)."""
     config = train_defaults(DEFAULT_CONFIGS.get(run.source, []))
     config["token_budget"] = config["token_budget"] or run.config["dataset"]["default_budget"]
     return experiment_identity(config, run.config["dataset"]["fingerprint"], run.default_order,
-                               code_fingerprint(TRAINING_CODE)["fingerprint"])
+                               code or code_fingerprint(TRAINING_CODE)["fingerprint"])
 
 
 def choose_experiment(experiments, wanted):
     """The experiment the report is about: --group=<id prefix>, else the one the current defaults
-    make, else the one with the most runs; and which rule chose it. Experiments of other arms alone
-    do not count."""
+    make, else the one they made with earlier code (after an edit, before any run of the new code),
+    else the one with the most runs; and which rule chose it. Experiments of other arms alone do
+    not count; ties go to the most runs."""
     groups = {e: x for e, x in experiments.items() if x.runs}
     if not groups:
         raise UserError("only control or tagged runs are evaluated; evaluate the K-mixtures they mirror too")
@@ -234,10 +232,15 @@ def choose_experiment(experiments, wanted):
             raise UserError(f"--group={wanted} matches {len(matches)} experiments; "
                             f"use a prefix of one of: {', '.join(e[:12] for e in groups)}")
         return groups[matches[0]], "group"
+    def most_runs(ids):
+        return groups[max(sorted(ids), key=lambda e: len(groups[e].runs))]
     defaults = [e for e, x in groups.items() if e == default_experiment(x.runs[0])]
     if defaults:
         return groups[defaults[0]], "defaults"
-    return groups[max(sorted(groups), key=lambda e: len(groups[e].runs))], "largest"
+    earlier = [e for e, x in groups.items() if e == default_experiment(x.runs[0], x.runs[0].code)]
+    if earlier:
+        return most_runs(earlier), "defaults, earlier code"
+    return most_runs(groups), "largest"
 
 
 def differences(main, other):

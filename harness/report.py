@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from harness.analysis import VIEWS, Interval
+from harness import claims
 from harness.claims import conclusion_lines
 from harness.decomposition import PART_LABELS, PARTS
 from harness.data import POSITION_RANGES, range_label
@@ -26,6 +27,8 @@ SCOPE_FIGURE_NOTES = {
                   "seeds only",
     "n/a": "x or no error bar: one seed and one document, no interval"}
 CHOICE = {"group": "chosen with --group", "defaults": "the experiment the current defaults make",
+          "defaults, earlier code": "the experiment the current defaults made with code that differs from "
+                                    "the current code, which has no runs yet",
           "largest": "no experiment matches the current defaults: the one with the most runs"}
 
 
@@ -230,11 +233,10 @@ def conclusion(s):
 
 def learner_sentence(d, i):
     """On synthetic data: the network's identification against the ideal learner's."""
-    net = next((p.parts.get("identification") for p in d.parts if p.k == i.k and p.metric == i.metric), None)
     text = (f"K={i.k}: the ideal learner pays {fmt(i.scarcity, 4)} for data scarcity (learner1(K) - learner1(1)) "
             f"and {fmt(i.identification, 4)} for identification (learner - learner1)")
-    if net is not None:
-        text += f"; the network's identification (mixture - tagged) is {fmt(net, 4)}"
+    if i.network is not None:
+        text += f"; the network's identification (mixture - tagged) is {fmt(i.network, 4)}"
         if not math.isnan(i.ratio):
             text += f", {i.ratio:.1f} times the ideal"
     area, bound = d.bayes_area.get(i.k), math.log(i.k)
@@ -364,12 +366,10 @@ def decomposition_body(s):
                   "ideal's interval excludes 0.", "",
                   "| K | range | learner scarcity | learner identification | network identification | ratio |",
                   "|---|---|---|---|---|---|"]
-        network = {(p.k, p.metric): p.parts.get("identification") for p in d.parts}
         for i in d.learner:
-            net = network.get((i.k, i.metric))
             ratio = "—" if math.isnan(i.ratio) else f"{i.ratio:.2f}"
             lines.append(f"| {i.k} | {METRIC_LABELS[i.metric]} | {fmt(i.scarcity, 4)} | "
-                         f"{fmt(i.identification, 4)} | {fmt(net, 4) if net else '—'} | {ratio} |")
+                         f"{fmt(i.identification, 4)} | {fmt(i.network, 4) if i.network else '—'} | {ratio} |")
     if d.learner_alpha:
         lines += ["", "The learner's Dirichlet(alpha) prior, fitted per chain to each run's own transition "
                   "counts by maximum marginal likelihood (lowest to highest over the runs): "
@@ -463,16 +463,21 @@ def unseen_sentence(u):
     if not changed:
         return "One K only: no contrast across K."
     last = changed[-1]
-    settled = last.p_holm < 0.05 and last.change.covers == "seeds and documents"
+    settled = last.p_holm < claims.ALPHA and last.change.covers == claims.FULL
     if not settled:
         return (f"Whether more training components help on unseen ones is not established: the change from "
                 f"K = {u.rows[0].k} to K = {last.k} is {fmt(last.change, 4)} (Holm p {fmt_p(last.p_holm)}"
-                + (", one-seed interval" if last.change.covers != "seeds and documents" else "") + ").")
+                + ("" if last.change.covers == claims.FULL else "; no interval" if last.change.covers == "n/a"
+                   else f"; its interval is over {last.change.covers}") + ").")
     direction = "lowers" if last.change.value < 0 else "raises"
     uniform = f" (the uniform predictor: ln V = {u.uniform:.3f})" if u.uniform is not None else ""
+    gap = ""
+    if last.gap:        # "above" only where the whole interval over seeds and documents is
+        above = last.gap.covers == claims.FULL and last.gap.ci[0] > 0
+        gap = (f"; the model stays {fmt(last.gap, 4)} above the in-context learner{uniform}" if above else
+               f"; its gap to the in-context learner is {fmt(last.gap, 4)}{uniform}")
     return (f"Training on K = {last.k} components instead of {u.rows[0].k} {direction} XE on the unseen "
-            f"ones by {abs(last.change.value):.4f} nats (Holm p {fmt_p(last.p_holm)})" +
-            (f"; the model stays {fmt(last.gap, 4)} above the in-context learner{uniform}." if last.gap else "."))
+            f"ones by {abs(last.change.value):.4f} nats (Holm p {fmt_p(last.p_holm)}){gap}.")
 
 
 def dataset_caption(s):

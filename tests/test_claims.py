@@ -80,3 +80,26 @@ def test_the_family_is_holm_adjusted_and_the_table_shows_its_levels():
     sharing = re.findall(r"\+0\.0066 \[([-+][\d.]+), ([-+][\d.]+)\]", row)[0]
     assert float(sharing[0]) < 0 < float(sharing[1])          # at its Holm level the interval holds 0
     assert "Holm level" in "\n".join(table)
+
+
+def test_the_unseen_sentence_claims_only_what_its_intervals_show():
+    """RQ3's sentence: a change across K is claimed only when Holm establishes it over seeds and
+    documents; the model is said to stay above the in-context learner only when the gap's
+    interval lies above 0."""
+    from harness.generalisation import Unseen, UnseenRow
+    from harness.report import unseen_sentence
+
+    def unseen(change, p_holm, gap, covers=FULL):
+        rows = [UnseenRow(1, 3, interval(6.9, 0.1)),
+                UnseenRow(5, 3, interval(5.9, 0.1), change=interval(*change, covers), p_holm=p_holm,
+                          gap=interval(*gap))]
+        return Unseen(["chain6"], rows, uniform=3.871)
+    text = unseen_sentence(unseen((-1.0, 0.1), 0.001, (2.7, 0.2)))
+    assert text.startswith("Training on K = 5 components instead of 1 lowers XE") and "stays 2.7000 [" in text
+    # a gap whose interval reaches 0: no "stays above"
+    text = unseen_sentence(unseen((-1.0, 0.1), 0.001, (0.1, 0.1)))
+    assert "stays" not in text and "its gap to the in-context learner is 0.1000 [" in text
+    # not significant after Holm, or a one-seed interval: not established, and said why
+    assert "is not established" in unseen_sentence(unseen((-1.0, 0.1), 0.2, (2.7, 0.2)))
+    text = unseen_sentence(unseen((-1.0, 0.1), 0.001, (2.7, 0.2), covers=ONE_SEED))
+    assert "is not established" in text and "its interval is over documents only" in text

@@ -11,7 +11,7 @@ path's share of a step (CUDA events); no graph breaks or recompilations; SIGTERM
 checkpoint and the same command resumes from it on the same windows; bf16 evaluation is within
 0.02 nats of float32 evaluation; and with two GPUs visible, a 2-rank NCCL DDP run.
 
-Set GPU_TEST_REPORT=<file.json> to keep the measured numbers (bench.py --what=gpu does).
+Set GPU_TEST_REPORT=<file.json> to keep the numbers it measures (BENCHMARKS.md quotes them).
 """
 import json
 import math

@@ -245,8 +245,10 @@ def test_a_damaged_config_json_is_rewritten_from_the_run_itself(tiny_synthetic, 
     assert "already finished" in printed
 
 
-def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_synthetic, tmp_path):
-    """Over a larger ablation beside it: the default sweep's experiment is the main one."""
+def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_synthetic, tmp_path, monkeypatch):
+    """Over a larger ablation beside it: the default sweep's experiment is the main one, also after
+    an edit to the code, before the edited code has trained anything."""
+    from harness import experiments as experiments_module
     from harness.experiments import Run, choose_experiment, group_experiments
     synthetic = os.path.join(ROOT, "config", "synthetic.py")
     quick = ["--epochs=1", "--eval_interval=1000", "--val_windows=4"]      # not in an experiment's identity
@@ -265,6 +267,9 @@ def test_the_report_picks_the_experiment_the_current_defaults_make(tiny_syntheti
     experiments = group_experiments(default + ablation)
     main, choice = choose_experiment(experiments, "")
     assert choice == "defaults" and main.runs == default and len(experiments) == 2
+    monkeypatch.setattr(experiments_module, "code_fingerprint", lambda modules: {"fingerprint": "edited"})
+    main, choice = choose_experiment(experiments, "")
+    assert choice == "defaults, earlier code" and main.runs == default
 
 
 def test_a_k_sweep_beyond_the_default_order_is_one_experiment_with_one_mixture_per_k():
@@ -290,6 +295,27 @@ def test_a_k_sweep_beyond_the_default_order_is_one_experiment_with_one_mixture_p
     kept = drop_mixed_cells(runs, skipped)
     assert [r.name for r in kept] == ["k3_s1_c", "k6_s1_f", "k6_s2_f", "k7_s1_g"]
     assert list(skipped) == ["k6_s3_g"] and "a K cell pools one mixture" in skipped["k6_s3_g"]
+
+
+def test_runs_scored_another_way_are_left_out_and_named():
+    """Windows pair across runs only when one evaluation set, one evaluation code and one precision
+    scored them: the most common of each is kept, every other run named with its command."""
+    from harness.experiments import Run, drop_other_evalsets, drop_other_evaluations
+
+    def run(name, sha="set1", code="code1", dtype="float32", seed=1):
+        config = {"config": {"seed": seed, "k": 1, "components": ["a"], "weights": [1.0]},
+                  "dataset": {"fingerprint": "data", "default_order": ["a"]}}
+        ev = {"k": 1, "seed": seed, "components": ["a"], "dataset": "data", "evalset": {"sha": sha},
+              "evaluation_code": {"fingerprint": code}, "dtype": dtype}
+        return Run(name, f"out/{name}", ev, {}, config, {}, [])
+    runs = [run("s1"), run("s2", seed=2), run("s3", seed=3, sha="set2"), run("s4", seed=4, dtype="bfloat16"),
+            run("s5", seed=5, code="code2")]
+    skipped = {}
+    kept = drop_other_evaluations(drop_other_evalsets(runs, skipped), skipped)
+    assert [r.name for r in kept] == ["s1", "s2"] and set(skipped) == {"s3", "s4", "s5"}
+    assert "different evaluation set" in skipped["s3"] and "evaluate.py out/s3 --force" in skipped["s3"]
+    assert "in another precision (bfloat16" in skipped["s4"] and "--dtype=float32" in skipped["s4"]
+    assert "by other evaluation code" in skipped["s5"]
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tiny_synthetic, tmp_path):
