@@ -1,16 +1,16 @@
 # The synthetic demo on CPU (`bash sweep.sh synthetic`; data: `python prepare.py --source=synthetic`).
-# A 2-layer, 64-wide GPT (0.1M parameters); K from --k. About 35 core-seconds of training plus ~13
-# of evaluation per run at the default data (48 states, 150k train tokens a chain, 5 epochs).
-# Tuned so the model comes close to the ideal learner that sees only the run's tokens: mean XE
-# over its own components 0.004 nats above it at K = 1 and 0.12 at K = 5 (it was 0.53). Most of
-# that came from the data (prepare.py's chains), not from here: this model identifies a chain
-# mainly from token frequencies, never the transitions, at every size, depth, rate and length
-# tried (BENCHMARKS.md, "Synthetic demo tuning").
+# A 2-layer, 64-wide GPT (0.1M parameters); K from --k. About 13 core-seconds of training plus ~6
+# of evaluation per run at the default data (8 chains of 48 states, 5 epochs; BENCHMARKS.md).
+# Tuned (on the earlier 5-chain data) so the model comes close to the ideal learner that sees
+# only the run's tokens: on chain1 now 0.004 nats above it at K = 1 and 0.14 at K = 5 (it was
+# 0.53 before tuning). Most of that came from the data (prepare.py's chains), not from here: this
+# model identifies a chain mainly from token frequencies, never the transitions, at every size,
+# depth, rate and length tried (BENCHMARKS.md, "Synthetic demo tuning").
 data_dir = "data/synthetic"
 device = "cpu"
 cpu_threads = 1         # tiny models run fastest on one thread; the sweep trains runs side by side
 size = ""               # none of the named sizes: runs and tables call it by its dimensions
-n_layer = 2             # deeper or wider: no better, for more time
+n_layer = 2             # deeper or wider: no better, for more time (on the 5-chain data)
 n_head = 4
 n_embd = 64
 batch_size = 16         # 32 windows per step: +0.02 nats at K = 5 (fewer steps)

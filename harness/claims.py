@@ -10,7 +10,7 @@ at its Holm level (stats.holm_levels), so an interval excludes 0 exactly where t
 - a part below 0 helps (the twin arm's XE is lower): it is said with its sign;
 - the largest part is named only when its magnitude exceeds every other established part's;
 - an interval over documents only (one seed) or seeds only (one document) never supports a
-  claim: it is shown, marked, and the sentence says "not established".
+  claim: it is shown (pointwise, outside the family), marked, and the sentence says "not established".
 """
 import math
 from dataclasses import dataclass, field
@@ -82,7 +82,9 @@ def k_claims(parts):
                                       interval.se, interval.df)
         claims.comparisons.append(Test(f"|{leader}| > |{other}|", interval, p_value(interval), against=other,
                                        supports=interval.covers == FULL))
-    family = list(claims.parts.values()) + claims.comparisons
+    # the family is the claims that could be made: one-seed tests support none, and counting them
+    # would only make the step-down stricter for the tests that can
+    family = [t for t in list(claims.parts.values()) + claims.comparisons if t.supports]
     if family:
         for test, p_adj, level in zip(family, holm([t.p for t in family]), holm_levels([t.p for t in family])):
             test.p_holm, test.level = float(p_adj), float(level)
@@ -116,12 +118,14 @@ def sentence(c, fmt):
         text += (f"Not established ({', '.join(PART_LABELS[n] for n in unsupported)}): their intervals cover "
                  f"documents only (one seed) or less, which supports no claim. ")
     if not established:
-        return text + "No part is established as a cause (every Holm-adjusted interval includes 0)."
+        return text + ("No part is established as a cause (every Holm-adjusted interval over seeds and "
+                       "documents includes 0)." if len(unsupported) < len(c.parts) else "No part is established.")
     text += "Established (Holm over this K's family): " + "; ".join(said) + ". "
     if c.leader:
         return text + f"The largest part is {PART_LABELS[c.leader]}."
     if len(established) == 1 and len(c.parts) > 1:
-        return text + "It is the only established part; the others' intervals include 0."
+        return text + "It is the only established part" + (
+            "; the others' intervals include 0." if not unsupported else ".")
     open_signs = [PART_LABELS[n] for n, t in c.parts.items() if not t.established]
     if open_signs:
         return text + (f"Which part is largest is not established: the sign of {', '.join(open_signs)} is not, "
@@ -150,5 +154,5 @@ def conclusion_lines(d, fmt):
         lines.append(f"| {c.k} | {fmt(c.total, 4)} | " + " | ".join(cells) + " |")
     lines += ["", "Mean over t, nats. Each part's interval is at its Holm level within its K's family (the four "
               "parts against 0 and the comparisons that name the largest, alpha = 0.05); ** established. "
-              "† one seed: never a claim.", ""]
+              "† one seed: a pointwise interval, outside the family, never a claim.", ""]
     return lines + [f"- {sentence(c, fmt)}" for c in claims], claims

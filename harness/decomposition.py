@@ -56,7 +56,7 @@ class LearnerParts:
     scarcity: Interval                      # learner1(K) - learner1(1)
     identification: Interval                # learner(K) - learner1(K)
     network: Interval = None                # the network's identification (mixture - tagged), if it ran
-    ratio: float = math.nan                 # network / ideal identification (where the ideal excludes 0)
+    ratio: float = math.nan                 # network / ideal identification (both exclude 0, one sign)
 
 
 @dataclass
@@ -68,6 +68,15 @@ class Decomposition:
     bayes_area: dict = field(default_factory=dict)      # K -> sum_t [bayes - oracle] (<= ln K)
     tagged_t: dict = field(default_factory=dict)        # K -> the tagged mixture's XE(t) on the first component
     learner_alpha: dict = field(default_factory=dict)   # chain -> (lowest, highest) fitted alpha
+
+
+def identification_ratio(network, ideal):
+    """How many times the ideal learner's identification the network pays: only where both
+    intervals exclude 0 on the same side (else a ratio of noise, or of opposite signs)."""
+    if network is None or not (network.separated_from_zero and ideal.separated_from_zero) \
+            or network.value * ideal.value <= 0:
+        return math.nan
+    return network.value / ideal.value
 
 
 def by_seed(runs):
@@ -168,6 +177,5 @@ def decompose(experiment, first, docs):
     network = {(p.k, p.metric): p.parts.get("identification") for p in result.parts}
     for lp in result.learner:
         lp.network = network.get((lp.k, lp.metric))
-        if lp.network is not None and lp.identification.separated_from_zero:
-            lp.ratio = lp.network.value / lp.identification.value
+        lp.ratio = identification_ratio(lp.network, lp.identification)
     return result

@@ -27,7 +27,7 @@ They differ only in what a hypothesis knows:
   a_c is fitted per chain by maximum marginal likelihood of the counts (fit_alpha).
 
 With enough counts the learner's q_c tends to P_c and the learner tends to bayes, learner1 to the
-oracle; on average over windows oracle <= learner1 <= learner.
+oracle; in expectation oracle <= learner1 <= learner (a single window can break the order).
 
 - context: for a chain outside a run's training (unseen), the learner with no counts at all: the
   window's own transitions under the model class's prior (in_context_losses).

@@ -227,7 +227,9 @@ def conclusion(s):
     table, claims = conclusion_lines(d, fmt)
     lines += table
     if d.learner:
-        lines += [""] + [f"- {learner_sentence(d, i)}" for i in d.learner if i.metric == "xe_mean"]
+        lines += ["", "The ideal learner beside them (pointwise 95% intervals, outside the family: a "
+                  "description, not a claim):", ""]
+        lines += [f"- {learner_sentence(d, i)}" for i in d.learner if i.metric == "xe_mean"]
     return lines + [""]
 
 
@@ -241,8 +243,10 @@ def learner_sentence(d, i):
             text += f", {i.ratio:.1f} times the ideal"
     area, bound = d.bayes_area.get(i.k), math.log(i.k)
     if area is not None:
-        text += (f". The Bayes identification area is {fmt(area)} nats, "
-                 f"{'within' if area.value <= bound else 'above'} ln K = {bound:.3f} (a bound in expectation)")
+        where = ("within" if area.ci[1] <= bound else "above" if area.ci[0] > bound else
+                 "not separated from") if area.covers != "n/a" else "to be compared with"
+        text += (f". The Bayes identification area is {fmt(area)} nats, {where} ln K = {bound:.3f} "
+                 "(a bound in expectation)")
     return text + "."
 
 
@@ -362,8 +366,8 @@ def decomposition_body(s):
     if d.learner:
         lines += ["", "The ideal learner from the same baseline (synthetic data; no dilution or sharing: it has "
                   "neither steps nor a network): scarcity learner1(K) - learner1(1), identification learner(K) - "
-                  "learner1(K); the network's identification (M - T) beside it, and their ratio where the "
-                  "ideal's interval excludes 0.", "",
+                  "learner1(K); the network's identification (M - T) beside it, and their ratio where both "
+                  "intervals exclude 0 on the same side.", "",
                   "| K | range | learner scarcity | learner identification | network identification | ratio |",
                   "|---|---|---|---|---|---|"]
         for i in d.learner:
@@ -384,7 +388,8 @@ def area_caption(s):
     excess = f"XE_K(t) - XE_{s.analysis.reference_k}(t) on `{s.analysis.first}`"
     return (f"A_K = sum over t = 1..100 of the paired excess {excess} against ln K; dashed: the "
             "identification bound y = ln K. Triangles: A_K minus 100 x the late-position excess, the part "
-            "of the area that sits at early positions (identification).")
+            "of the area that sits at early positions (not the identification part: the decomposition "
+            "measures that, and it is paid late in the window too).")
 
 
 def area_body(s):
@@ -482,7 +487,7 @@ def unseen_sentence(u):
 
 def dataset_caption(s):
     d = s.dataset_stats
-    return (f"Tokens per category and split (log scale). Default order (K = 1..5): "
+    return (f"Tokens per category and split (log scale). Default order (K = 1, 2, ... takes its first K): "
             f"{', '.join(d.get('default_order', []))}; default budget {d.get('default_budget', 0):,} tokens.")
 
 

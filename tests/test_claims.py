@@ -2,6 +2,7 @@
 The conclusion cannot overstate (harness/claims.py): hand-made decompositions of one K, each a
 case the old "larger part" rule got wrong, and the sentences the family of tests allows.
 """
+import math
 import re
 
 from harness.analysis import Interval
@@ -103,3 +104,33 @@ def test_the_unseen_sentence_claims_only_what_its_intervals_show():
     assert "is not established" in unseen_sentence(unseen((-1.0, 0.1), 0.2, (2.7, 0.2)))
     text = unseen_sentence(unseen((-1.0, 0.1), 0.001, (2.7, 0.2), covers=ONE_SEED))
     assert "is not established" in text and "its interval is over documents only" in text
+
+
+def test_one_seed_parts_stay_out_of_the_family_and_its_sentences():
+    """The family is the claims that could be made: a one-seed part neither tightens the others'
+    Holm step-down nor lets a sentence say that every other interval includes 0."""
+    p = parts((0.05, 0.01), scarcity=(0.022, 0.01))                           # p ~ 0.036
+    p.parts["dilution"] = interval(0.0213, 0.01, ONE_SEED)                    # p ~ 0.04, one seed
+    c = k_claims(p)
+    assert c.parts["scarcity"].established and c.parts["scarcity"].p_holm == c.parts["scarcity"].p
+    assert math.isnan(c.parts["dilution"].p_holm) and not c.parts["dilution"].established
+    text = sentence(c, fmt)
+    assert "Not established (compute dilution)" in text and "the others' intervals include 0" not in text
+    assert "It is the only established part." in text
+
+
+def test_the_learner_lines_say_no_ratio_or_bound_their_intervals_do_not_show():
+    """Beside the conclusion, the ideal learner's lines: a ratio only of two intervals that exclude
+    0 on one side; 'within ln K' only when the whole interval of the Bayes area is."""
+    from harness.decomposition import LearnerParts, identification_ratio
+    from harness.report import learner_sentence
+    assert identification_ratio(interval(0.04, 0.005), interval(0.02, 0.005)) == 2.0
+    assert math.isnan(identification_ratio(interval(0.002, 0.01), interval(0.02, 0.005)))     # noise
+    assert math.isnan(identification_ratio(interval(-0.04, 0.005), interval(0.02, 0.005)))    # signs differ
+    assert math.isnan(identification_ratio(None, interval(0.02, 0.005)))
+    d = Decomposition("chain1", [], {2: []}, bayes_area={2: interval(0.69, 0.05)})
+    i = LearnerParts(2, "xe_mean", interval(0.01, 0.002), interval(0.02, 0.002), network=interval(0.002, 0.01))
+    text = learner_sentence(d, i)
+    assert "times the ideal" not in text and "not separated from ln K = 0.693" in text
+    d.bayes_area[2] = interval(0.5, 0.05)
+    assert "within ln K" in learner_sentence(d, i)
