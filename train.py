@@ -35,7 +35,7 @@ from harness.data import Dataset, fixed_windows, gather_windows
 from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS, device_peak_flops)
-from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name,
+from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name, duration,
                           experiment_identity, identity_config, load_checkpoint, lock_folder, provenance,
                           read_log, read_run_file, run_identity, size_label, stop_with_sweep, write_json)
 
@@ -442,7 +442,7 @@ def progress(job, model, state, meter, times, epoch, loss, lr):
               "elapsed": round(now - meter.start, 2), **memory}
     line = (f"step {state.step:>6}/{job.total_steps} | epoch {epoch + 1}/{job.share.epochs} | "
             f"loss {loss:.4f} | lr {lr:.2e} | {tok_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | data "
-            f"{100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {_duration(eta)}"
+            f"{100 * data_ms / max(step_ms, 1e-9):.1f}% | ETA {duration(eta)}"
             + (f" | {memory['peak_mem_gb']:.1f} GB" if memory else ""))
     return record, line
 
@@ -593,12 +593,6 @@ def train(cfg, place):
                validation_windows(dataset, share.components, cfg.val_windows), log)
     if master:
         finish(job, state, log)
-
-
-def _duration(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 if __name__ == "__main__":

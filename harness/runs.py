@@ -424,3 +424,9 @@ def load_checkpoint(path, mmap=False):
         raise UserError(f"{path} is damaged or not a checkpoint ({type(e).__name__}); delete it "
                         f"(`rm {path}`) and run the same command to restart this run from step 0")
 
+
+def duration(seconds):
+    """'1h05m' or '4m09s': an ETA as a person reads it."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
