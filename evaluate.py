@@ -36,8 +36,8 @@ from harness.data import Dataset, file_sha, fixed_windows, gather_windows
 from harness.mixture import Mixture, training_share
 from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype)
-from harness.references import (bayes_losses, fit_alpha, fit_shared_alpha, in_context_losses, learner_losses,
-                                transition_counts)
+from harness.references import (bayes_losses, fit_alpha, fit_shared_alpha, in_context_losses, learner1_losses,
+                                learner_losses, transition_counts)
 from harness.runs import (EVALUATION_CODE, atomic_path, code_fingerprint, experiment_identity, load_checkpoint,
                           lock_folder, read_json, read_run_file, run_arm, run_identity, stop_with_sweep,
                           trained_on, write_json)
@@ -170,7 +170,7 @@ def synthetic_references(windows, cat, names, weights, chains, counts, alphas, p
             "oracle": per_dataset[f"oracle:{cat}"], "learner": learner_losses(windows, counts, alphas, prior)}
     if cat in names:                    # told the component: only where the run has its counts
         i = names.index(cat)
-        refs["learner1"] = learner_losses(windows, counts[[i]], alphas[[i]], np.ones(1))
+        refs["learner1"] = learner1_losses(windows, counts[i], alphas[i])
     else:
         refs["context"] = per_dataset[f"context:{cat}"]
     return refs

@@ -16,7 +16,7 @@ from harness.analysis import Interval, by_k, column, stack_view, summarise_cell,
 from harness.decomposition import decompose
 from harness.experiments import differences
 from harness.laws import fit_linear_in_log_k, run_level_replicates
-from harness.stats import crossed_mean, difference_interval, document_means, holm
+from harness.stats import crossed_mean, crossed_paired_difference, holm
 
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")     # experiments that differ only here are one family
 
@@ -87,8 +87,8 @@ def analyse_sizes(experiments, main, first, n_boot=0, boot_seed=0):
     for (a, cells_a, docs), (b, cells_b, _) in itertools.combinations(found, 2):
         pair = []
         for k in sorted(set(cells_a) & set(cells_b)):
-            means = [document_means(window_stats(stack_view(c[k], [first])[0]), docs) for c in (cells_b, cells_a)]
-            diff = difference_interval(*means)
+            larger, smaller = (window_stats(stack_view(c[k], [first])[0]) for c in (cells_b, cells_a))
+            diff = crossed_paired_difference(larger, smaller, docs)
             pair.append((SizeContrast(k, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
         for (contrast, _), p in zip(pair, holm([p for _, p in pair]) if pair else []):
             contrast.p_holm = float(p)

@@ -87,6 +87,23 @@ def test_an_evaluation_of_another_run_or_damaged_is_redone(trained_run, capsys):
     assert "already evaluated" in capsys.readouterr().out
 
 
+def test_an_edit_to_the_evaluation_code_evaluates_again(trained_run, capsys, monkeypatch):
+    """evaluate.py edited (its fingerprint changed): the old evaluation is stale, the new one
+    records the new fingerprint, and an unchanged rerun trusts it."""
+    evaluate.main([trained_run, *EVAL])
+    assert "already evaluated" in capsys.readouterr().out
+    edited = dict(evaluate.EVALUATION_CODE_NOW, fingerprint="edited")
+    monkeypatch.setattr(evaluate, "EVALUATION_CODE_NOW", edited)
+    evaluate.main([trained_run, *EVAL])
+    assert "already evaluated" not in capsys.readouterr().out
+    assert json.load(open(os.path.join(trained_run, "eval.json")))["evaluation_code"] == edited
+    evaluate.main([trained_run, *EVAL])
+    assert "already evaluated" in capsys.readouterr().out
+    monkeypatch.undo()                      # the shared run evaluated by the code as it is, again
+    evaluate.main([trained_run, *EVAL])
+    assert "already evaluated" not in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- model losses
 
 def test_per_position_losses_match_the_models_logits(trained_run, tiny_synthetic):

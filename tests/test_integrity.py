@@ -319,8 +319,8 @@ def test_runs_scored_another_way_are_left_out_and_named():
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tiny_synthetic, tmp_path):
-    """Ctrl-C in a terminal: the step finishes, a checkpoint is saved, exit status 130; the same
-    command resumes there."""
+    """Ctrl-C in a terminal: the step finishes, a checkpoint is saved, exit status 130 (resuming
+    from such a checkpoint: tests/test_train.py's resume tests)."""
     folder = train_dir(tiny_synthetic, tmp_path, "--epochs=100")
     proc = subprocess.Popen([sys.executable, "train.py", f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}",
                              *TINY, "--epochs=100"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -334,6 +334,25 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tiny_synthetic, tmp_path):
     assert proc.returncode == 130 and "checkpoint saved" in stdout
     step = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)["step"]
     assert step > 0 and f"stopped by signal at step {step:,}" in stdout
+
+
+def test_a_trainer_whose_sweep_is_killed_saves_a_checkpoint_and_stops(tiny_synthetic, tmp_path):
+    """sweep.sh killed with -9 cannot pass a signal on: its trainers watch SWEEP_PID and stop
+    themselves as SIGTERM would stop them (a checkpoint at the step reached, exit status 143)."""
+    sweep = subprocess.Popen(["sleep", "300"])               # stands in for sweep.sh
+    folder = train_dir(tiny_synthetic, tmp_path, "--epochs=100")
+    proc = subprocess.Popen([sys.executable, "train.py", f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}",
+                             *TINY, "--epochs=100"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, SWEEP_PID=str(sweep.pid)))
+    deadline = time.time() + 60
+    while time.time() < deadline and not os.path.exists(os.path.join(folder, "ckpt.pt")):
+        time.sleep(0.05)
+    sweep.kill()
+    sweep.wait()
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stdout[-2000:]
+    step = torch.load(os.path.join(folder, "ckpt.pt"), weights_only=True)["step"]
+    assert step > 0 and f"stopped by signal at step {step:,}; checkpoint saved" in stdout
 
 
 def test_evaluate_holds_its_own_lock(tiny_synthetic, tmp_path):

@@ -13,14 +13,15 @@ import pytest
 
 from conftest import ROOT, TINY_SYNTHETIC
 
+# on CPU also on a GPU host: the tests compare numbers that only the CPU path makes bit-identical
 TRAIN_ARGS = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=4", "--warmup_iters=2",
-              "--log_interval=5", "--eval_interval=20", "--val_windows=8"]
+              "--log_interval=5", "--eval_interval=20", "--val_windows=8", "--device=cpu"]
 
 
 def sweep_env(tmp, **extra):
     env = dict(os.environ, OUT=f"{tmp}/out", RESULTS=f"{tmp}/results", DATA=f"{tmp}/synthetic",
                PREPARE_ARGS=" ".join(a for a in TINY_SYNTHETIC if not a.startswith("--source")),
-               KS="1 2", SEEDS="1", PARALLEL="2", EVAL_ARGS="--eval_windows=30 --cpu_threads=1")
+               KS="1 2", SEEDS="1", PARALLEL="2", EVAL_ARGS="--eval_windows=30 --cpu_threads=1 --device=cpu")
     env.update(extra)
     return env
 
