@@ -93,8 +93,9 @@ def docs_weights(means):
     return next(iter(means.values())).weights
 
 
-def k_parts(k, arms, first, docs):
-    """Parts of one K: arms is {"one", "mixture", "control", "exposure", "tagged": {seed: run}}."""
+def k_means(arms, first, docs):
+    """Each arm's DocumentMeans on `first` over the seeds every arm of this K has (K = 1 over its
+    own seeds), which seeds those are, and the seeds left out: {arm: means}, seeds, left_out."""
     present = [a for a in ("control", "exposure", "tagged") if arms.get(a)]
     needed = ["mixture"] + present
     seeds = sorted(set.intersection(*(set(arms[a]) for a in needed)), key=str)
@@ -104,13 +105,23 @@ def k_parts(k, arms, first, docs):
         needed = ["mixture"]
     means = {a: arm_means(arms[a], seeds if a != "one" else sorted(arms["one"], key=str), first, docs)
              for a in needed + ["one"]}
-    available = {a: m for a, m in means.items() if m is not None}
+    return {a: m for a, m in means.items() if m is not None}, seeds, left_out
+
+
+def part_terms(means):
+    """Each part its arms allow as [(DocumentMeans, coefficient)]: upper arm + 1, lower arm - 1."""
+    return {name: [(means[upper], 1.0), (means[lower], -1.0)] for name, (upper, lower) in PARTS.items()
+            if upper in means and lower in means}
+
+
+def k_parts(k, arms, first, docs):
+    """Parts of one K: arms is {"one", "mixture", "control", "exposure", "tagged": {seed: run}}."""
+    available, seeds, left_out = k_means(arms, first, docs)
     weights = docs_weights(available)
     terms = {name: {upper: 1.0, lower: -1.0} for name, (upper, lower) in PARTS.items()
              if upper in available and lower in available}
-    parts = {name: combination_interval([(available[a], c) for a, c in t.items()], weights)
-             for name, t in terms.items()}
-    total = combination_interval([(means["mixture"], 1.0), (means["one"], -1.0)], weights)
+    parts = {name: combination_interval(t, weights) for name, t in part_terms(available).items()}
+    total = combination_interval([(available["mixture"], 1.0), (available["one"], -1.0)], weights)
     result = [Parts(k, m, Interval.of(total, i), {p: Interval.of(v, i) for p, v in parts.items()}, seeds, left_out)
               for i, m in enumerate(METRICS)]
     # which part is larger in magnitude: s_a a - s_b b for every pair, s the sign of each estimate
@@ -152,19 +163,41 @@ def learner_alphas(runs):
     return {chain: (min(a), max(a)) for chain, a in sorted(fitted.items())}
 
 
-def decompose(experiment, first, docs):
-    """Every K >= 2 of the experiment, split into the parts its arms allow; None without K = 1."""
+def arm_cells(experiment):
+    """{arm: {K: runs}} of an experiment's mixtures and its other arms."""
     cells = {}
     for arm in ("mixture", "control", "exposure", "tagged"):
         for r in experiment.arm(arm):
             cells.setdefault(arm, {}).setdefault(r.k, []).append(r)
+    return cells
+
+
+def k_arms(cells, k):
+    """One K's arms by seed: the K = 1 mixture ("one"), the K-mixture and the arms that ran."""
+    arms = {"one": by_seed(cells["mixture"][1]), "mixture": by_seed(cells["mixture"][k])}
+    arms.update({a: by_seed(cells[a][k]) for a in ("control", "exposure", "tagged") if k in cells.get(a, {})})
+    return arms
+
+
+def experiment_part_terms(experiment, first, docs):
+    """{K: {part: [(DocumentMeans, coefficient)]}}: each part's cells, for contrasts between
+    experiments on the same windows (sizes.py: a part of one size against another's)."""
+    cells = arm_cells(experiment)
+    mixtures = cells.get("mixture", {})
+    if 1 not in mixtures:
+        return {}
+    return {k: part_terms(k_means(k_arms(cells, k), first, docs)[0]) for k in sorted(mixtures) if k >= 2}
+
+
+def decompose(experiment, first, docs):
+    """Every K >= 2 of the experiment, split into the parts its arms allow; None without K = 1."""
+    cells = arm_cells(experiment)
     mixtures = cells.get("mixture", {})
     if 1 not in mixtures or first is None:
         return None
     result = Decomposition(first, [], {}, learner_alpha=learner_alphas(experiment.runs + experiment.twins))
     for k in sorted(k for k in mixtures if k >= 2):
-        arms = {"one": by_seed(mixtures[1]), "mixture": by_seed(mixtures[k])}
-        arms.update({a: by_seed(cells[a][k]) for a in ("control", "exposure", "tagged") if k in cells.get(a, {})})
+        arms = k_arms(cells, k)
         result.arms[k] = [a for a in ("control", "exposure", "tagged") if a in arms]
         result.parts += k_parts(k, arms, first, docs)
         result.learner += learner_parts(k, mixtures, first, docs)

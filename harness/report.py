@@ -434,8 +434,56 @@ def size_body(s):
         lines += ["", "| K | larger - smaller size | difference | Holm p |", "|---|---|---|---|"]
         lines += [f"| {c.k} | {c.larger} - {c.smaller} | {fmt(c.difference, 4)} | {fmt_p(c.p_holm)} |"
                   for c in s.sizes.contrasts]
+    if s.sizes.part_contrasts:
+        lines += size_parts_lines(s.sizes.part_contrasts)
     notes = scope_notes([c.xe_mean for r in s.sizes.results for c in r.cells.values()])
     return lines + ([""] + notes if notes else [])
+
+
+def size_parts_lines(contrasts):
+    """Which parts of the K effect shrink with size: the contrasts' table, and per pair of sizes
+    a sentence of what Holm over its K values and parts establishes, never more."""
+    names = [n for n in PARTS if any(c.part == n for c in contrasts)]
+    lines = ["", "Which parts change with size: part(larger) - part(smaller) on mean XE, paired on the windows "
+             "(< 0: the part is smaller for the larger model); pointwise 95% intervals, Holm p over every K "
+             "and part of the pair; ** established (Holm p < 0.05, interval over seeds and documents).", "",
+             "| K | larger - smaller size | " + " | ".join(PART_LABELS[n] for n in names) + " |",
+             "|---" * (2 + len(names)) + "|"]
+    rows = {}
+    for c in contrasts:
+        rows.setdefault((c.larger, c.smaller, c.k), {})[c.part] = c
+    for (larger, smaller, k), row in rows.items():
+        cells = [f"{fmt(row[n].difference, 4)} ({fmt_p(row[n].p_holm)}){' **' if established(row[n]) else ''}"
+                 if n in row else "—" for n in names]
+        lines.append(f"| {k} | {larger} - {smaller} | " + " | ".join(cells) + " |")
+    pairs = {}
+    for c in contrasts:
+        pairs.setdefault((c.larger, c.smaller), []).append(c)
+    for (larger, smaller), family in pairs.items():
+        lines += ["", f"- {larger} against {smaller}: " + size_parts_sentence(family)]
+    return lines
+
+
+def established(contrast):
+    return contrast.p_holm < claims.ALPHA and contrast.difference.covers == claims.FULL
+
+
+def size_parts_sentence(family):
+    """What one pair's family establishes: the parts smaller (or larger) for the larger model, by K."""
+    def said(sign):
+        found = {}
+        for c in family:
+            if established(c) and (c.difference.value < 0) == (sign < 0):
+                found.setdefault(c.part, []).append(str(c.k))
+        return "; ".join(f"{PART_LABELS[p]} at K = {', '.join(ks)}" for p, ks in found.items())
+    smaller, larger = said(-1), said(+1)
+    if not smaller and not larger:
+        return "no part is established to change with size (Holm over its K values and parts)."
+    text = f"smaller for the larger model (Holm over K and parts): {smaller or 'none'}"
+    text += f"; larger for it: {larger}" if larger else ""
+    open_parts = [PART_LABELS[p] for p in PARTS if any(c.part == p for c in family)
+                  and not any(established(c) for c in family if c.part == p)]
+    return text + (f"; not established at any K: {', '.join(open_parts)}." if open_parts else ".")
 
 
 def unseen_caption(s):

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.analysis import Interval, by_k, column, stack_view, summarise_cell, window_stats
-from harness.decomposition import decompose
+from harness.decomposition import PARTS, decompose, experiment_part_terms
 from harness.experiments import differences
 from harness.laws import fit_linear_in_log_k, run_level_replicates
-from harness.stats import crossed_mean, crossed_paired_difference, holm
+from harness.stats import combination_interval, crossed_mean, crossed_paired_difference, holm
 
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")     # experiments that differ only here are one family
 
@@ -42,9 +42,20 @@ class SizeContrast:
 
 
 @dataclass
+class PartContrast:
+    k: int
+    part: str                       # decomposition.PARTS
+    smaller: str
+    larger: str
+    difference: Interval            # part(larger) - part(smaller) on mean XE, paired on the windows
+    p_holm: float = math.nan        # Holm over every K and part of this pair of sizes
+
+
+@dataclass
 class Sizes:
     results: list                   # SizeResult, smallest model first
     contrasts: list = field(default_factory=list)
+    part_contrasts: list = field(default_factory=list)
 
 
 def size_family(experiments, main):
@@ -93,4 +104,22 @@ def analyse_sizes(experiments, main, first, n_boot=0, boot_seed=0):
         for (contrast, _), p in zip(pair, holm([p for _, p in pair]) if pair else []):
             contrast.p_holm = float(p)
             sizes.contrasts.append(contrast)
+        sizes.part_contrasts += part_contrasts(a, b, experiments[a.experiment], experiments[b.experiment], first,
+                                               docs)
     return sizes
+
+
+def part_contrasts(a, b, experiment_a, experiment_b, first, docs):
+    """Which parts of the K effect shrink with size: part(b) - part(a) at every K and part both
+    sizes split, each a combination of the four arms' cells on the same windows (each size's seeds
+    separate runs), Holm over the pair's whole family of K values and parts."""
+    terms_a, terms_b = (experiment_part_terms(x, first, docs) for x in (experiment_a, experiment_b))
+    found = []
+    for k in sorted(set(terms_a) & set(terms_b)):
+        for part in (p for p in PARTS if p in terms_a[k] and p in terms_b[k]):
+            cells = terms_b[k][part] + [(cell, -coef) for cell, coef in terms_a[k][part]]
+            diff = combination_interval(cells, cells[0][0].weights)
+            found.append((PartContrast(k, part, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
+    for (contrast, _), p in zip(found, holm([p for _, p in found]) if found else []):
+        contrast.p_holm = float(p)
+    return [contrast for contrast, _ in found]

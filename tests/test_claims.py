@@ -134,3 +134,21 @@ def test_the_learner_lines_say_no_ratio_or_bound_their_intervals_do_not_show():
     assert "times the ideal" not in text and "not separated from ln K = 0.693" in text
     d.bayes_area[2] = interval(0.5, 0.05)
     assert "within ln K" in learner_sentence(d, i)
+
+
+def test_the_size_sentence_names_only_the_parts_holm_establishes():
+    """Research question 2's sentence: a part 'smaller for the larger model' at the K values where
+    its contrast is established over seeds and documents, and the parts never established named."""
+    from harness.report import size_parts_sentence
+    from harness.sizes import PartContrast
+
+    def contrast(k, part, value, p_holm, covers=FULL):
+        return PartContrast(k, part, "xs", "s", interval(value, 0.005, covers), p_holm)
+    family = [contrast(2, "identification", -0.02, 0.001), contrast(3, "identification", -0.04, 0.01),
+              contrast(2, "dilution", -0.01, 0.2), contrast(3, "dilution", 0.03, 0.001),
+              contrast(2, "scarcity", -0.05, 0.001, ONE_SEED), contrast(3, "scarcity", 0.0, 1.0)]
+    text = size_parts_sentence(family)
+    assert "smaller for the larger model (Holm over K and parts): identification at K = 2, 3" in text
+    assert "larger for it: compute dilution at K = 3" in text
+    assert "not established at any K: data scarcity." in text
+    assert size_parts_sentence(family[4:]).startswith("no part is established")

@@ -335,7 +335,7 @@ def test_a_number_of_runs_at_once_that_is_not_one_or_more_is_refused(tmp_path, s
 def test_a_size_sweep_reaches_the_size_section(tmp_path):
     """SIZES on synthetic data (research question 2): two sizes x K = 1, 2 x one seed, every arm;
     the report's size section has each size's XE, parts and distance to the learner, and the
-    paired contrast between the sizes at each K."""
+    paired contrasts between the sizes at each K, of XE and of each part."""
     model = [a for a in TRAIN_ARGS if not a.startswith(("--n_layer", "--n_head", "--n_embd"))]
     result = subprocess.run(["bash", "sweep.sh", "synthetic", *model, "--token_budget=1500", "--epochs=2"],
                             cwd=ROOT, env=sweep_env(tmp_path, SIZES="1L-8d-2h 1L-16d-2h"), capture_output=True,
@@ -353,3 +353,14 @@ def test_a_size_sweep_reaches_the_size_section(tmp_path):
     assert all(set(r["parts"]["2"]["parts"]) == {"scarcity", "dilution", "sharing", "identification"}
                for r in results)
     assert all(set(r["learner_gap"]) == {"1", "2"} for r in results)
+    # which parts change with size: each contrast is the two sizes' parts' difference, and one seed
+    # per size establishes nothing
+    contrasts = fits["model_size"]["part_contrasts"]
+    assert [c["part"] for c in contrasts] == ["scarcity", "dilution", "sharing", "identification"]
+    for c in contrasts:
+        small, large = (r["parts"]["2"]["parts"][c["part"]]["value"] for r in results)
+        assert c["k"] == 2 and abs(c["difference"]["value"] - (large - small)) < 1e-9, c
+        assert c["difference"]["covers"] == "documents only"
+    parts_table = section.split("Which parts")[1]
+    assert re.search(r"^\| 2 \| 1L-16d-2h - 1L-8d-2h \| (.* \| ){3}.* \|$", parts_table, flags=re.M)
+    assert "- 1L-16d-2h against 1L-8d-2h: no part is established to change with size" in section
