@@ -68,6 +68,15 @@ for setting in "PARALLEL=$PARALLEL" "RUNS_PER_GPU=$RUNS_PER_GPU"; do     # runs 
   [[ ${setting#*=} =~ ^[1-9][0-9]*$ || $setting == PARALLEL=auto ]] || {
     echo "error: $setting: use a whole number of runs, 1 or more (PARALLEL may also be auto)" >&2; exit 2; }
 done
+for k in $KS; do [[ $k =~ ^[1-9][0-9]*$ ]] || {
+  echo "error: KS=\"$KS\": each K is a whole number of components, 1 or more, e.g. KS=\"1 3 5 8\"" >&2; exit 2; }
+done
+for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || {
+  echo "error: SEEDS=\"$SEEDS\": each seed is a whole number, 0 or more, e.g. SEEDS=\"1 2 3\"" >&2; exit 2; }
+done
+for arm in $ARMS; do [[ " control exposure tagged " == *" $arm "* ]] || {   # harness/mixture.py ARMS
+  echo "error: ARMS=\"$ARMS\": '$arm' is not an arm; use some of: control exposure tagged" >&2; exit 2; }
+done
 
 VISIBLE_GPUS=${CUDA_VISIBLE_DEVICES:-}        # the user's list, before slots narrow it per run
 # paths the user gave are relative to where they stand, not to this script's folder

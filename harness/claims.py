@@ -15,7 +15,7 @@ at its Holm level (stats.holm_levels), so an interval excludes 0 exactly where t
 import math
 from dataclasses import dataclass, field
 
-from harness.decomposition import PART_LABELS
+from harness.decomposition import PART_LABELS, PARTS
 from harness.stats import LEVEL, holm, holm_levels, t_interval, t_p_value
 
 ALPHA = 0.05
@@ -156,3 +156,26 @@ def conclusion_lines(d, fmt):
               "parts against 0 and the comparisons that name the largest, alpha = 0.05); ** established. "
               "† one seed: a pointwise interval, outside the family, never a claim.", ""]
     return lines + [f"- {sentence(c, fmt)}" for c in claims], claims
+
+
+def established(contrast):
+    """A contrast (an Interval with its Holm p) establishes its sign: Holm p < ALPHA, full scope."""
+    return contrast.p_holm < ALPHA and contrast.difference.covers == FULL
+
+
+def size_parts_sentence(family):
+    """What one pair's family establishes: the parts smaller (or larger) for the larger model, by K."""
+    def said(sign):
+        found = {}
+        for c in family:
+            if established(c) and (c.difference.value < 0) == (sign < 0):
+                found.setdefault(c.part, []).append(str(c.k))
+        return "; ".join(f"{PART_LABELS[p]} at K = {', '.join(ks)}" for p, ks in found.items())
+    smaller, larger = said(-1), said(+1)
+    if not smaller and not larger:
+        return "no part is established to change with size (Holm over its K values and parts)."
+    text = f"smaller for the larger model (Holm over K and parts): {smaller or 'none'}"
+    text += f"; larger for it: {larger}" if larger else ""
+    open_parts = [PART_LABELS[p] for p in PARTS if any(c.part == p for c in family)
+                  and not any(established(c) for c in family if c.part == p)]
+    return text + (f"; not established at any K: {', '.join(open_parts)}." if open_parts else ".")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.analysis import VIEWS, Interval
 from harness import claims
-from harness.claims import conclusion_lines
+from harness.claims import conclusion_lines, established, size_parts_sentence
 from harness.decomposition import PART_LABELS, PARTS
 from harness.data import POSITION_RANGES, range_label
 from harness.stats import SCOPES
@@ -230,7 +230,27 @@ def conclusion(s):
         lines += ["", "The ideal learner beside them (pointwise 95% intervals, outside the family: a "
                   "description, not a claim):", ""]
         lines += [f"- {learner_sentence(d, i)}" for i in d.learner if i.metric == "xe_mean"]
+    lines += research_question_lines(s)
     return lines + [""]
+
+
+def research_question_lines(s):
+    """Questions 2 and 3 in a line each, as their sections conclude them (Holm within each)."""
+    lines = []
+    for (larger, smaller), family in size_families(s).items():
+        lines.append(f"- Model size (research question 2), {larger} against {smaller}: "
+                     + size_parts_sentence(family))
+    if s.unseen is not None and s.unseen.rows:
+        lines.append(f"- Unseen components (research question 3): {unseen_sentence(s.unseen)}")
+    return [""] + lines if lines else []
+
+
+def size_families(s):
+    """{(larger, smaller): the part contrasts of that pair of sizes}."""
+    pairs = {}
+    for c in s.sizes.part_contrasts if s.sizes is not None else []:
+        pairs.setdefault((c.larger, c.smaller), []).append(c)
+    return pairs
 
 
 def learner_sentence(d, i):
@@ -435,14 +455,15 @@ def size_body(s):
         lines += [f"| {c.k} | {c.larger} - {c.smaller} | {fmt(c.difference, 4)} | {fmt_p(c.p_holm)} |"
                   for c in s.sizes.contrasts]
     if s.sizes.part_contrasts:
-        lines += size_parts_lines(s.sizes.part_contrasts)
+        lines += size_parts_lines(s)
     notes = scope_notes([c.xe_mean for r in s.sizes.results for c in r.cells.values()])
     return lines + ([""] + notes if notes else [])
 
 
-def size_parts_lines(contrasts):
+def size_parts_lines(s):
     """Which parts of the K effect shrink with size: the contrasts' table, and per pair of sizes
     a sentence of what Holm over its K values and parts establishes, never more."""
+    contrasts = s.sizes.part_contrasts
     names = [n for n in PARTS if any(c.part == n for c in contrasts)]
     lines = ["", "Which parts change with size: part(larger) - part(smaller) on mean XE, paired on the windows "
              "(< 0: the part is smaller for the larger model); pointwise 95% intervals, Holm p over every K "
@@ -456,34 +477,9 @@ def size_parts_lines(contrasts):
         cells = [f"{fmt(row[n].difference, 4)} ({fmt_p(row[n].p_holm)}){' **' if established(row[n]) else ''}"
                  if n in row else "—" for n in names]
         lines.append(f"| {k} | {larger} - {smaller} | " + " | ".join(cells) + " |")
-    pairs = {}
-    for c in contrasts:
-        pairs.setdefault((c.larger, c.smaller), []).append(c)
-    for (larger, smaller), family in pairs.items():
+    for (larger, smaller), family in size_families(s).items():
         lines += ["", f"- {larger} against {smaller}: " + size_parts_sentence(family)]
     return lines
-
-
-def established(contrast):
-    return contrast.p_holm < claims.ALPHA and contrast.difference.covers == claims.FULL
-
-
-def size_parts_sentence(family):
-    """What one pair's family establishes: the parts smaller (or larger) for the larger model, by K."""
-    def said(sign):
-        found = {}
-        for c in family:
-            if established(c) and (c.difference.value < 0) == (sign < 0):
-                found.setdefault(c.part, []).append(str(c.k))
-        return "; ".join(f"{PART_LABELS[p]} at K = {', '.join(ks)}" for p, ks in found.items())
-    smaller, larger = said(-1), said(+1)
-    if not smaller and not larger:
-        return "no part is established to change with size (Holm over its K values and parts)."
-    text = f"smaller for the larger model (Holm over K and parts): {smaller or 'none'}"
-    text += f"; larger for it: {larger}" if larger else ""
-    open_parts = [PART_LABELS[p] for p in PARTS if any(c.part == p for c in family)
-                  and not any(established(c) for c in family if c.part == p)]
-    return text + (f"; not established at any K: {', '.join(open_parts)}." if open_parts else ".")
 
 
 def unseen_caption(s):

@@ -139,7 +139,7 @@ def test_the_learner_lines_say_no_ratio_or_bound_their_intervals_do_not_show():
 def test_the_size_sentence_names_only_the_parts_holm_establishes():
     """Research question 2's sentence: a part 'smaller for the larger model' at the K values where
     its contrast is established over seeds and documents, and the parts never established named."""
-    from harness.report import size_parts_sentence
+    from harness.claims import size_parts_sentence
     from harness.sizes import PartContrast
 
     def contrast(k, part, value, p_holm, covers=FULL):

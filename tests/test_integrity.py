@@ -318,6 +318,19 @@ def test_runs_scored_another_way_are_left_out_and_named():
     assert "by other evaluation code" in skipped["s5"]
 
 
+def test_the_code_fingerprint_is_pinned_across_pythons_and_layouts():
+    """How code is fingerprinted is part of every run's identity: a change to it re-identifies every
+    run ever trained, so it is pinned (this digest on Python 3.8-3.13, nested f-strings included),
+    and layout, comments and docstrings never move it."""
+    from harness.runs import source_fingerprint
+    source = 'def f(x):\n    """doc"""\n    return g(f"{x!r:>4} {f\'{x}\'}", "y")  # note\n'
+    pinned = "cf1281b609779886d959c78ebaf02386ab32656619fce3b77d9396ef6aaf57e5"
+    assert source_fingerprint(source) == pinned
+    relaid = 'def f(x):\n    """another doc"""\n    return g(f"{x!r:>4} {f\'{x}\'}",\n             "y")\n'
+    assert source_fingerprint(relaid) == pinned
+    assert source_fingerprint(source.replace('"y"', '"z"')) != pinned
+
+
 def test_sigint_saves_a_checkpoint_and_exits_130(tiny_synthetic, tmp_path):
     """Ctrl-C in a terminal: the step finishes, a checkpoint is saved, exit status 130 (resuming
     from such a checkpoint: tests/test_train.py's resume tests)."""

@@ -86,6 +86,9 @@ def test_sweep_writes_a_consistent_report(finished_sweep):
     with np.load(os.path.join(folders["synthetic_k1_1L-16d-2h_s1"], "eval.npz")) as z:   # model - context
         gap = np.mean(np.concatenate([z[f"model:{c}"] - z[f"context:{c}"] for c in held_out if c in unseen]))
     assert float(gaps[0][1]) == pytest.approx(gap, abs=1e-4)
+    conclusion = report.split("## Conclusion")[1].split("\n## ")[0]     # one seed: nothing established
+    assert "- Unseen components (research question 3): Whether more training components help on unseen " \
+           "ones is not established" in conclusion
     for target in re.findall(r"\]\(([^)]+)\)", report):
         assert os.path.exists(os.path.join(tmp, "results", target)), target
     assert f"{tmp}/results/REPORT.md" in result.stdout
@@ -322,13 +325,19 @@ def test_an_argument_that_is_not_a_mode_or_setting_is_refused_before_anything_ru
     assert not os.path.exists(f"{tmp_path}/synthetic") and not os.path.exists(f"{tmp_path}/out")
 
 
-@pytest.mark.parametrize("setting", [{"PARALLEL": "0"}, {"PARALLEL": "two"}, {"RUNS_PER_GPU": "auto"},
-                                     {"RUNS_PER_GPU": "-1"}])
-def test_a_number_of_runs_at_once_that_is_not_one_or_more_is_refused(tmp_path, setting):
+@pytest.mark.parametrize("setting, said", [
+    ({"PARALLEL": "0"}, "PARALLEL=0: use a whole number of runs, 1 or more"),
+    ({"PARALLEL": "two"}, "PARALLEL=two: use a whole number of runs"),
+    ({"RUNS_PER_GPU": "auto"}, "RUNS_PER_GPU=auto: use a whole number of runs"),
+    ({"RUNS_PER_GPU": "-1"}, "RUNS_PER_GPU=-1: use a whole number of runs"),
+    ({"KS": "1 x"}, 'KS="1 x": each K is a whole number of components, 1 or more'),
+    ({"KS": "0 2"}, 'KS="0 2": each K is a whole number'),
+    ({"SEEDS": "1 -1"}, 'SEEDS="1 -1": each seed is a whole number, 0 or more'),
+    ({"ARMS": "control bogus"}, "ARMS=\"control bogus\": 'bogus' is not an arm; use some of: control exposure")])
+def test_a_grid_setting_out_of_range_is_refused_before_anything_runs(tmp_path, setting, said):
     result = run_sweep(tmp_path, **setting)
-    (key, value), = setting.items()
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert f"error: {key}={value}: use a whole number of runs, 1 or more" in result.stderr
+    assert f"error: {said}" in result.stderr
     assert not os.path.exists(f"{tmp_path}/synthetic") and not os.path.exists(f"{tmp_path}/out")
 
 
@@ -364,3 +373,4 @@ def test_a_size_sweep_reaches_the_size_section(tmp_path):
     parts_table = section.split("Which parts")[1]
     assert re.search(r"^\| 2 \| 1L-16d-2h - 1L-8d-2h \| (.* \| ){3}.* \|$", parts_table, flags=re.M)
     assert "- 1L-16d-2h against 1L-8d-2h: no part is established to change with size" in section
+    assert "- Model size (research question 2), 1L-16d-2h against 1L-8d-2h: no part is established" in report
