@@ -4,6 +4,7 @@ A compact GPT: pre-norm blocks, causal self-attention through F.scaled_dot_produ
 GPT-2 initialisation. Also the FLOPs-per-token estimate behind the MFU figure.
 """
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -312,6 +313,31 @@ def device_peak_flops(device, configured):
         return 0.0
     # CPU: a rough fp32 peak (cores x 2.5 GHz x 32 FLOP/cycle with AVX2 FMA), so MFU is indicative
     return torch.get_num_threads() * 2.5e9 * 32
+
+
+class StepClock:
+    """
+    The data path's share of a step, timed where the work runs: CUDA events on the GPU (the host
+    only queues work there, so host timers would measure the queue), wall clock on the CPU.
+    Marks are cheap and taken every step; they are read only when a log line is written, after
+    reading the loss has synced the device anyway.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def ms(self, start, end):
+        if not self.cuda:
+            return 1e3 * (end - start)
+        end.synchronize()
+        return start.elapsed_time(end)
 
 
 def logits_batch(vocab_size):

@@ -203,11 +203,19 @@ else
 fi
 
 # ---- 3. train + evaluate each run (one slot per GPU, or per core on CPU) ---------------------------
+# every run's folder is named by its identity: train.py says which, for the whole grid in one start
+# (a line "error: ..." for a run it refuses; a run left without an answer asks again by itself)
+DIRS=()
+mapfile -t DIRS < <(for entry in "${RUNS[@]}"; do
+    IFS=: read -r size k seed arm <<<"$entry"; run_args "$size" "$k" "$seed" "$arm"
+    (IFS=$'\x1f'; echo "${RUN_ARGS[*]}")
+  done | $PYTHON -c 'import sys, train; train.print_run_dirs(sys.stdin)' 2>/dev/null)
 if [[ $(wc -w <<<"$SIZES") -gt 1 ]]; then
   declare -A SIZE_OF=()
-  for size in $SIZES; do
-    run_args "$size" "${KS%% *}" "${SEEDS%% *}" mixture
-    one=$($PYTHON train.py "${RUN_ARGS[@]}" --print_run_dir 2>/dev/null) || continue
+  for i in "${!RUNS[@]}"; do     # each size's first mixture: two sizes that are one model share it
+    IFS=: read -r size k seed arm <<<"${RUNS[$i]}"
+    one=${DIRS[$i]:-error}
+    [[ $k == "${KS%% *}" && $seed == "${SEEDS%% *}" && $arm == mixture && $one != error* ]] || continue
     if [[ -n ${SIZE_OF[$one]:-} ]]; then
       echo "error: sizes '${SIZE_OF[$one]}' and '$size' are the same model (one run folder, $one); drop one" >&2
       exit 2
@@ -216,8 +224,8 @@ if [[ $(wc -w <<<"$SIZES") -gt 1 ]]; then
   done
 fi
 
-run_one() {   # size k seed arm slot
-  local size=$1 k=$2 seed=$3 arm=$4 slot=$5
+run_one() {   # size k seed arm slot index
+  local size=$1 k=$2 seed=$3 arm=$4 slot=$5 index=$6
   local label="k${k}" dir rc
   [[ $arm != mixture ]] && label="k${k} $arm"
   run_args "$size" "$k" "$seed" "$arm"
@@ -229,8 +237,9 @@ run_one() {   # size k seed arm slot
     export CUDA_VISIBLE_DEVICES=${gpus[$((slot % ${#gpus[@]}))]}
     where=" on GPU $CUDA_VISIBLE_DEVICES"
   fi
-  # the run's folder is named by its identity: train.py says which it is
-  if ! dir=$($PYTHON train.py "${args[@]}" --print_run_dir 2>&1); then
+  dir=${DIRS[$index]:-}
+  [[ -n $dir ]] || dir=$($PYTHON train.py "${args[@]}" --print_run_dir 2>&1) || dir="error: ${dir#error: }"
+  if [[ $dir == error:* ]]; then
     say "$size $label s$seed: FAILED: $dir"; echo "$size $label s$seed" >>"$FAILED"; return 0
   fi
   local name=$(basename "$dir") log="$dir/train.log" skipped=0
@@ -268,7 +277,7 @@ for ((slot = 0; slot < PARALLEL; slot++)); do
     trap 'exit 143' TERM
     for ((i = slot; i < ${#RUNS[@]}; i += PARALLEL)); do
       IFS=: read -r size k seed arm <<<"${RUNS[$i]}"
-      run_one "$size" "$k" "$seed" "$arm" "$slot" || exit $?
+      run_one "$size" "$k" "$seed" "$arm" "$slot" "$i" || exit $?
     done
   ) &
   SLOT_PIDS+=($!)

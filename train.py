@@ -33,7 +33,7 @@ import torch
 from configurator import UserError, check_settings, config_defaults, configure, run_cli
 from harness.data import Dataset, fixed_windows, gather_windows
 from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, steps_per_epoch, training_share
-from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, resolve_device,
+from model import (GPT, GPTConfig, StepClock, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS, device_peak_flops)
 from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name, duration,
                           experiment_identity, identity_config, load_checkpoint, lock_folder, provenance,
@@ -99,31 +99,6 @@ wandb_run_name = ""
 # (which of these keys make a run's identity: runs.NOT_IDENTITY lists those that do not; the
 # identity also holds the data's fingerprint and this code's: edit train.py and runs train anew)
 TRAINING_CODE_NOW = code_fingerprint(TRAINING_CODE)
-
-
-class StepClock:
-    """
-    The data path's share of a step, timed where the work runs: CUDA events on the GPU (the host
-    only queues work there, so host timers would measure the queue), wall clock on the CPU.
-    Marks are cheap and taken every step; they are read only when a log line is written, after
-    reading the loss has synced the device anyway.
-    """
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def mark(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def ms(self, start, end):
-        if not self.cuda:
-            return 1e3 * (end - start)
-        end.synchronize()
-        return start.elapsed_time(end)
 
 
 # -----------------------------------------------------------------------------
@@ -232,6 +207,26 @@ def resolve_run(dataset, cfg):
     return SimpleNamespace(**{f: os.path.join(cfg.out_dir, name) for f, name in
                               (("config", "config.json"), ("log", "log.jsonl"), ("ckpt", "ckpt.pt"),
                                ("done", "done"))})
+
+
+def resolve(dataset, cfg):
+    """The run and its share of the data (paths, Share); a K the data cannot give is refused here."""
+    return resolve_run(dataset, cfg), Share(*training_share(dataset, cfg))
+
+
+def print_run_dirs(lines):
+    """--print_run_dir for a whole grid in one start (sweep.sh): each line one run's arguments,
+    separated by \\x1f; each answer one line, the run's folder or `error: ...`."""
+    datasets = {}
+    for line in lines:
+        try:
+            cfg = read_config(line.rstrip("\n").split("\x1f"))
+            if cfg.data_dir not in datasets:
+                datasets[cfg.data_dir] = Dataset(cfg.data_dir)
+            resolve(datasets[cfg.data_dir], cfg)
+            print(cfg.out_dir, flush=True)
+        except UserError as e:
+            print(f"error: {e}", flush=True)
 
 
 def check_folder(cfg, paths, total_steps):
@@ -562,8 +557,7 @@ def train(cfg, place):
     master = place.rank == 0
     log = print if master else (lambda *a, **k: None)
     dataset = Dataset(cfg.data_dir)
-    paths = resolve_run(dataset, cfg)
-    share = Share(*training_share(dataset, cfg))
+    paths, share = resolve(dataset, cfg)
     if cfg.print_run_dir:
         log(cfg.out_dir)
         return

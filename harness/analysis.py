@@ -28,7 +28,9 @@ VIEWS = {"first": "first component", "own": "own components (mean)",
 
 @dataclass
 class Interval:
-    """An estimate with its 95% interval and what the interval covers (stats.interval_scope)."""
+    """An estimate with its 95% interval and what the interval covers (stats.interval_scope).
+    stats.py returns the same fields as a plain dict, vectorised over the statistics (position
+    ranges) and JSON as it is; Interval.of(result, i) is the one way from one to the other."""
     value: object                   # a number, or a list over positions
     ci: list
     covers: str

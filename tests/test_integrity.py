@@ -58,6 +58,24 @@ def test_identity_decides_what_is_the_same_run(tiny_synthetic, tmp_path, capsys)
     assert len(names) == 5 and sum(n.startswith("synthetic_k2_1L-16d-2h_s1337_") for n in names) == 4
 
 
+def test_a_grids_run_folders_in_one_start_are_the_ones_each_run_names(tiny_synthetic, tmp_path, capsys):
+    """sweep.sh asks train.print_run_dirs for its whole grid at once: the same folder as each
+    run's own --print_run_dir, and a run it refuses is one `error:` line among the others."""
+    grid = [[f"--data_dir={tiny_synthetic}", f"--out_root={tmp_path}", *TINY, f"--k={k}", f"--seed={seed}",
+             f"--arm={arm}"] for k, seed, arm in ((1, 1, "mixture"), (2, 1, "tagged"), (2, 2, "control"))]
+    one_by_one = []
+    for argv in grid:
+        capsys.readouterr()
+        train.main(argv + ["--print_run_dir"])
+        one_by_one.append(capsys.readouterr().out.strip())
+    refused = [f"--data_dir={tiny_synthetic}", *TINY, "--k=9"]
+    lines = ["\x1f".join(argv) + "\n" for argv in grid[:2] + [refused] + grid[2:]]
+    train.print_run_dirs(lines)
+    answers = capsys.readouterr().out.splitlines()
+    assert answers[:2] + answers[3:] == one_by_one and len(set(one_by_one)) == 3
+    assert answers[2].startswith("error: k=9: the default order of")
+
+
 def test_an_identical_rebuild_of_the_data_keeps_runs_valid_and_another_build_does_not(tmp_path, capsys):
     data = make_synthetic(tmp_path / "synthetic")
     run, _ = train_run(data, tmp_path / "out", capsys=capsys)
