@@ -71,7 +71,7 @@ done
 for k in $KS; do [[ $k =~ ^[1-9][0-9]*$ ]] || {
   echo "error: KS=\"$KS\": each K is a whole number of components, 1 or more, e.g. KS=\"1 3 5 8\"" >&2; exit 2; }
 done
-for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || {
+for seed in $SEEDS; do [[ $seed =~ ^(0|[1-9][0-9]*)$ ]] || {
   echo "error: SEEDS=\"$SEEDS\": each seed is a whole number, 0 or more, e.g. SEEDS=\"1 2 3\"" >&2; exit 2; }
 done
 for arm in $ARMS; do [[ " control exposure tagged " == *" $arm "* ]] || {   # harness/mixture.py ARMS
@@ -212,10 +212,11 @@ mapfile -t DIRS < <(for entry in "${RUNS[@]}"; do
   done | $PYTHON -c 'import sys, train; train.print_run_dirs(sys.stdin)' 2>/dev/null)
 if [[ $(wc -w <<<"$SIZES") -gt 1 ]]; then
   declare -A SIZE_OF=()
+  read -ra K_LIST <<<"$KS"; read -ra SEED_LIST <<<"$SEEDS"
   for i in "${!RUNS[@]}"; do     # each size's first mixture: two sizes that are one model share it
     IFS=: read -r size k seed arm <<<"${RUNS[$i]}"
     one=${DIRS[$i]:-error}
-    [[ $k == "${KS%% *}" && $seed == "${SEEDS%% *}" && $arm == mixture && $one != error* ]] || continue
+    [[ $k == "${K_LIST[0]}" && $seed == "${SEED_LIST[0]}" && $arm == mixture && $one != error* ]] || continue
     if [[ -n ${SIZE_OF[$one]:-} ]]; then
       echo "error: sizes '${SIZE_OF[$one]}' and '$size' are the same model (one run folder, $one); drop one" >&2
       exit 2

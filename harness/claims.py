@@ -99,6 +99,16 @@ def k_claims(parts):
     return claims
 
 
+def holm_over_claims(tests):
+    """Holm-adjusted p of [(Interval, p)] over the tests that can support a claim (intervals over
+    seeds and documents); the others stay NaN, outside the family, as in k_claims."""
+    inside = [i for i, (interval, _) in enumerate(tests) if interval.covers == FULL]
+    adjusted = [math.nan] * len(tests)
+    for i, p in zip(inside, holm([tests[i][1] for i in inside]) if inside else []):
+        adjusted[i] = float(p)
+    return adjusted
+
+
 def holm_text(test):
     """A test's estimate with its interval at its Holm level, as the table shows it."""
     lo, hi = holm_interval(test)
@@ -164,7 +174,7 @@ def established(contrast):
 
 
 def size_parts_sentence(family):
-    """What one pair's family establishes: the parts smaller (or larger) for the larger model, by K."""
+    """What one pair's family establishes: the parts lower (or higher), signed, for the larger model."""
     def said(sign):
         found = {}
         for c in family:
@@ -174,8 +184,19 @@ def size_parts_sentence(family):
     smaller, larger = said(-1), said(+1)
     if not smaller and not larger:
         return "no part is established to change with size (Holm over its K values and parts)."
-    text = f"smaller for the larger model (Holm over K and parts): {smaller or 'none'}"
-    text += f"; larger for it: {larger}" if larger else ""
+    text = f"lower for the larger model (signed; Holm over K and parts): {smaller or 'none'}"
+    text += f"; higher for it: {larger}" if larger else ""
     open_parts = [PART_LABELS[p] for p in PARTS if any(c.part == p for c in family)
                   and not any(established(c) for c in family if c.part == p)]
     return text + (f"; not established at any K: {', '.join(open_parts)}." if open_parts else ".")
+
+
+def size_xe_sentence(contrasts):
+    """Without the arms, what the XE contrasts between sizes establish (Holm over K per pair)."""
+    said = []
+    for word, below in (("lower", True), ("higher", False)):
+        ks = [str(c.k) for c in contrasts if established(c) and (c.difference.value < 0) == below]
+        said += [f"{word} at K = {', '.join(ks)}"] if ks else []
+    if not said:
+        return "no difference in XE between the sizes is established (Holm over K)."
+    return f"the larger model's XE is {'; '.join(said)} (Holm over K; the parts need the arms)."

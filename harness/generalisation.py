@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.analysis import Interval, by_k, held_out, stack_view, window_stats
-from harness.stats import crossed_mean, document_means, difference_interval, holm, mean_interval
+from harness.claims import holm_over_claims
+from harness.stats import crossed_mean, document_means, difference_interval, mean_interval
 
 
 @dataclass
@@ -62,8 +63,8 @@ def analyse_unseen(experiment):
             row.change, row.p_holm = Interval.of(change, 0), float(change["p_value"][0])
         result.rows.append(row)
     changed = [r for r in result.rows if r.change is not None]
-    for row, p in zip(changed, holm([r.p_holm for r in changed]) if changed else []):
-        row.p_holm = float(p)
+    for row, p in zip(changed, holm_over_claims([(r.change, r.p_holm) for r in changed])):
+        row.p_holm = p
     if result.uniform is None:
         result.reason = "no in-context reference (it exists on synthetic data only): the model's XE alone"
     return result

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.analysis import VIEWS, Interval
 from harness import claims
-from harness.claims import conclusion_lines, established, size_parts_sentence
+from harness.claims import conclusion_lines, established, size_parts_sentence, size_xe_sentence
 from harness.decomposition import PART_LABELS, PARTS
 from harness.data import POSITION_RANGES, range_label
 from harness.stats import SCOPES
@@ -27,8 +27,9 @@ SCOPE_FIGURE_NOTES = {
                   "seeds only",
     "n/a": "x or no error bar: one seed and one document, no interval"}
 CHOICE = {"group": "chosen with --group", "defaults": "the experiment the current defaults make",
-          "defaults, earlier code": "the experiment the current defaults made with code that differs from "
-                                    "the current code, which has no runs yet",
+          "defaults, earlier code": "the experiment the current defaults made with earlier code (the "
+                                    "current code has no runs of it yet; among earlier versions, the one "
+                                    "with the most runs)",
           "largest": "no experiment matches the current defaults: the one with the most runs"}
 
 
@@ -218,7 +219,8 @@ def conclusion(s):
     d = s.analysis.decomposition
     lines = ["## Conclusion", ""]
     if d is None or not d.parts:
-        return lines + ["No decomposition: it needs K = 1 and K >= 2 runs sharing a component.", ""]
+        return lines + ["No decomposition: it needs K = 1 and K >= 2 runs sharing a component."] + \
+            research_question_lines(s) + [""]
     lines += [f"*The K effect on `{d.first}` (the component in every mixture), split cause by cause (section "
               "Decomposition below); generated from its numbers, and only what its Holm-adjusted intervals "
               "establish.*", ""]
@@ -237,18 +239,20 @@ def conclusion(s):
 def research_question_lines(s):
     """Questions 2 and 3 in a line each, as their sections conclude them (Holm within each)."""
     lines = []
-    for (larger, smaller), family in size_families(s).items():
-        lines.append(f"- Model size (research question 2), {larger} against {smaller}: "
-                     + size_parts_sentence(family))
+    parts, xe = size_families(s, "part_contrasts"), size_families(s, "contrasts")
+    for (larger, smaller), family in xe.items():        # each pair by its parts, else by XE (no arms)
+        said = size_parts_sentence(parts[larger, smaller]) if (larger, smaller) in parts else \
+            size_xe_sentence(family)
+        lines.append(f"- Model size (research question 2), {larger} against {smaller}: {said}")
     if s.unseen is not None and s.unseen.rows:
         lines.append(f"- Unseen components (research question 3): {unseen_sentence(s.unseen)}")
     return [""] + lines if lines else []
 
 
-def size_families(s):
-    """{(larger, smaller): the part contrasts of that pair of sizes}."""
+def size_families(s, kind="part_contrasts"):
+    """{(larger, smaller): that pair of sizes' contrasts of this kind (Sizes.contrasts: of XE)}."""
     pairs = {}
-    for c in s.sizes.part_contrasts if s.sizes is not None else []:
+    for c in getattr(s.sizes, kind) if s.sizes is not None else []:
         pairs.setdefault((c.larger, c.smaller), []).append(c)
     return pairs
 
@@ -466,8 +470,8 @@ def size_parts_lines(s):
     contrasts = s.sizes.part_contrasts
     names = [n for n in PARTS if any(c.part == n for c in contrasts)]
     lines = ["", "Which parts change with size: part(larger) - part(smaller) on mean XE, paired on the windows "
-             "(< 0: the part is smaller for the larger model); pointwise 95% intervals, Holm p over every K "
-             "and part of the pair; ** established (Holm p < 0.05, interval over seeds and documents).", "",
+             "(< 0: the part is lower, signed, for the larger model); pointwise 95% intervals, Holm p over the "
+             "pair's K values and parts with intervals over seeds and documents; ** established.", "",
              "| K | larger - smaller size | " + " | ".join(PART_LABELS[n] for n in names) + " |",
              "|---" * (2 + len(names)) + "|"]
     rows = {}

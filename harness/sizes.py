@@ -16,7 +16,8 @@ from harness.analysis import Interval, by_k, column, stack_view, summarise_cell,
 from harness.decomposition import PARTS, decompose, experiment_part_terms
 from harness.experiments import differences
 from harness.laws import fit_linear_in_log_k, run_level_replicates
-from harness.stats import combination_interval, crossed_mean, crossed_paired_difference, holm
+from harness.claims import holm_over_claims
+from harness.stats import combination_interval, crossed_mean, crossed_paired_difference
 
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")     # experiments that differ only here are one family
 
@@ -101,8 +102,8 @@ def analyse_sizes(experiments, main, first, n_boot=0, boot_seed=0):
             larger, smaller = (window_stats(stack_view(c[k], [first])[0]) for c in (cells_b, cells_a))
             diff = crossed_paired_difference(larger, smaller, docs)
             pair.append((SizeContrast(k, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
-        for (contrast, _), p in zip(pair, holm([p for _, p in pair]) if pair else []):
-            contrast.p_holm = float(p)
+        for (contrast, _), p in zip(pair, holm_over_claims([(c.difference, p) for c, p in pair])):
+            contrast.p_holm = p
             sizes.contrasts.append(contrast)
         sizes.part_contrasts += part_contrasts(a, b, experiments[a.experiment], experiments[b.experiment], first,
                                                docs)
@@ -110,9 +111,9 @@ def analyse_sizes(experiments, main, first, n_boot=0, boot_seed=0):
 
 
 def part_contrasts(a, b, experiment_a, experiment_b, first, docs):
-    """Which parts of the K effect shrink with size: part(b) - part(a) at every K and part both
-    sizes split, each a combination of the four arms' cells on the same windows (each size's seeds
-    separate runs), Holm over the pair's whole family of K values and parts."""
+    """Which parts of the K effect change with size: part(b) - part(a), signed, at every K and part
+    both sizes split, each a combination of the four arms' cells on the same windows (each size's
+    seeds separate runs), Holm over the pair's K values and parts that can support a claim."""
     terms_a, terms_b = (experiment_part_terms(x, first, docs) for x in (experiment_a, experiment_b))
     found = []
     for k in sorted(set(terms_a) & set(terms_b)):
@@ -120,6 +121,6 @@ def part_contrasts(a, b, experiment_a, experiment_b, first, docs):
             cells = terms_b[k][part] + [(cell, -coef) for cell, coef in terms_a[k][part]]
             diff = combination_interval(cells, cells[0][0].weights)
             found.append((PartContrast(k, part, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
-    for (contrast, _), p in zip(found, holm([p for _, p in found]) if found else []):
-        contrast.p_holm = float(p)
+    for (contrast, _), p in zip(found, holm_over_claims([(c.difference, p) for c, p in found])):
+        contrast.p_holm = p
     return [contrast for contrast, _ in found]

@@ -148,7 +148,37 @@ def test_the_size_sentence_names_only_the_parts_holm_establishes():
               contrast(2, "dilution", -0.01, 0.2), contrast(3, "dilution", 0.03, 0.001),
               contrast(2, "scarcity", -0.05, 0.001, ONE_SEED), contrast(3, "scarcity", 0.0, 1.0)]
     text = size_parts_sentence(family)
-    assert "smaller for the larger model (Holm over K and parts): identification at K = 2, 3" in text
-    assert "larger for it: compute dilution at K = 3" in text
+    assert "lower for the larger model (signed; Holm over K and parts): identification at K = 2, 3" in text
+    assert "higher for it: compute dilution at K = 3" in text
     assert "not established at any K: data scarcity." in text
     assert size_parts_sentence(family[4:]).startswith("no part is established")
+
+
+def test_one_seed_contrasts_stay_outside_every_holm_family():
+    """The size and unseen-component contrasts are adjusted over the tests that can support a
+    claim only, as the decomposition's family is; a one-seed test keeps no Holm p."""
+    from harness.claims import holm_over_claims
+    from harness.stats import holm
+    tests = [(interval(0.03, 0.01), 0.02), (interval(0.05, 0.01, ONE_SEED), 0.001), (interval(0.01, 0.01), 0.3)]
+    adjusted = holm_over_claims(tests)
+    assert math.isnan(adjusted[1]) and [adjusted[0], adjusted[2]] == [float(p) for p in holm([0.02, 0.3])]
+    assert holm_over_claims([]) == []
+
+
+def test_the_conclusion_answers_questions_2_and_3_even_without_a_decomposition():
+    """No K = 1 (KS="2 3"): no decomposition, yet the conclusion still says what the size contrasts
+    (XE only, without arms) and the unseen components establish."""
+    from types import SimpleNamespace
+    from harness.generalisation import Unseen, UnseenRow
+    from harness.report import conclusion
+    from harness.sizes import SizeContrast, Sizes
+    sizes = Sizes([], contrasts=[SizeContrast(2, "xs", "s", interval(-0.05, 0.01), 0.001),
+                                 SizeContrast(3, "xs", "s", interval(-0.01, 0.01), 0.4)])
+    unseen = Unseen(["chain6"], [UnseenRow(2, 3, interval(6.4, 0.1)),
+                                 UnseenRow(3, 3, interval(6.3, 0.1), change=interval(-0.1, 0.1), p_holm=0.4)])
+    s = SimpleNamespace(analysis=SimpleNamespace(decomposition=None), sizes=sizes, unseen=unseen)
+    text = "\n".join(conclusion(s))
+    assert "No decomposition" in text
+    assert "- Model size (research question 2), s against xs: the larger model's XE is lower at K = 2 " \
+           "(Holm" in text
+    assert "- Unseen components (research question 3): Whether more training components help" in text

@@ -333,6 +333,7 @@ def test_an_argument_that_is_not_a_mode_or_setting_is_refused_before_anything_ru
     ({"KS": "1 x"}, 'KS="1 x": each K is a whole number of components, 1 or more'),
     ({"KS": "0 2"}, 'KS="0 2": each K is a whole number'),
     ({"SEEDS": "1 -1"}, 'SEEDS="1 -1": each seed is a whole number, 0 or more'),
+    ({"SEEDS": "1 01"}, 'SEEDS="1 01": each seed is a whole number'),
     ({"ARMS": "control bogus"}, "ARMS=\"control bogus\": 'bogus' is not an arm; use some of: control exposure")])
 def test_a_grid_setting_out_of_range_is_refused_before_anything_runs(tmp_path, setting, said):
     result = run_sweep(tmp_path, **setting)
