@@ -109,6 +109,14 @@ def holm_over_claims(tests):
     return adjusted
 
 
+def with_holm(found, interval=lambda c: c.difference):
+    """[(contrast, p)] of one family -> its contrasts, each with p_holm over those that can support
+    a claim (holm_over_claims); interval(contrast) is the Interval the test is on."""
+    for (contrast, _), p in zip(found, holm_over_claims([(interval(c), p) for c, p in found])):
+        contrast.p_holm = p
+    return [contrast for contrast, _ in found]
+
+
 def holm_text(test):
     """A test's estimate with its interval at its Holm level, as the table shows it."""
     lo, hi = holm_interval(test)
@@ -173,15 +181,20 @@ def established(contrast):
     return contrast.p_holm < ALPHA and contrast.difference.covers == FULL
 
 
+def established_ks(contrasts, below):
+    """The K values (as text) whose contrast is established below 0 (below=True) or above it."""
+    return [str(c.k) for c in contrasts if established(c) and (c.difference.value < 0) == below]
+
+
 def size_parts_sentence(family):
     """What one pair's family establishes: the parts lower (or higher), signed, for the larger model."""
-    def said(sign):
+    def said(below):
         found = {}
         for c in family:
-            if established(c) and (c.difference.value < 0) == (sign < 0):
-                found.setdefault(c.part, []).append(str(c.k))
+            for k in established_ks([c], below):
+                found.setdefault(c.part, []).append(k)
         return "; ".join(f"{PART_LABELS[p]} at K = {', '.join(ks)}" for p, ks in found.items())
-    smaller, larger = said(-1), said(+1)
+    smaller, larger = said(True), said(False)
     if not smaller and not larger:
         return "no part is established to change with size (Holm over its K values and parts)."
     text = f"lower for the larger model (signed; Holm over K and parts): {smaller or 'none'}"
@@ -195,7 +208,7 @@ def size_xe_sentence(contrasts):
     """Without the arms, what the XE contrasts between sizes establish (Holm over K per pair)."""
     said = []
     for word, below in (("lower", True), ("higher", False)):
-        ks = [str(c.k) for c in contrasts if established(c) and (c.difference.value < 0) == below]
+        ks = established_ks(contrasts, below)
         said += [f"{word} at K = {', '.join(ks)}"] if ks else []
     if not said:
         return "no difference in XE between the sizes is established (Holm over K)."

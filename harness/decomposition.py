@@ -118,8 +118,6 @@ def k_parts(k, arms, first, docs):
     """Parts of one K: arms is {"one", "mixture", "control", "exposure", "tagged": {seed: run}}."""
     available, seeds, left_out = k_means(arms, first, docs)
     weights = docs_weights(available)
-    terms = {name: {upper: 1.0, lower: -1.0} for name, (upper, lower) in PARTS.items()
-             if upper in available and lower in available}
     parts = {name: combination_interval(t, weights) for name, t in part_terms(available).items()}
     total = combination_interval([(available["mixture"], 1.0), (available["one"], -1.0)], weights)
     result = [Parts(k, m, Interval.of(total, i), {p: Interval.of(v, i) for p, v in parts.items()}, seeds, left_out)
@@ -127,11 +125,11 @@ def k_parts(k, arms, first, docs):
     # which part is larger in magnitude: s_a a - s_b b for every pair, s the sign of each estimate
     # (the arms of the two parts merged, so an arm in both counts once)
     for i, p in enumerate(result):
-        for a, b in itertools.combinations(terms, 2):
+        for a, b in itertools.combinations(parts, 2):
             signs = {a: np.sign(p.parts[a].value) or 1.0, b: -(np.sign(p.parts[b].value) or 1.0)}
             merged = {}
             for name in (a, b):
-                for arm, c in terms[name].items():
+                for arm, c in zip(PARTS[name], (1.0, -1.0)):       # upper arm + 1, lower arm - 1
                     merged[arm] = merged.get(arm, 0.0) + signs[name] * c
             terms_ab = [(available[arm], c) for arm, c in merged.items()]
             p.magnitudes[a, b] = Interval.of(combination_interval(terms_ab, weights), i)

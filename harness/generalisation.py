@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.analysis import Interval, by_k, held_out, stack_view, window_stats
-from harness.claims import holm_over_claims
+from harness.claims import with_holm
 from harness.stats import crossed_mean, document_means, difference_interval, mean_interval
 
 
@@ -49,7 +49,7 @@ def analyse_unseen(experiment):
     model = {k: stack_view(cell, categories) for k, cell in cells.items()}
     docs = next(iter(model.values()))[1]
     means = {k: document_means(window_stats(values), docs) for k, (values, _) in model.items()}
-    reference = min(cells)
+    reference, changed = min(cells), []
     for k, cell in cells.items():
         values = model[k][0]
         row = UnseenRow(k, len(cell), Interval.of(mean_interval(means[k]), 0))
@@ -60,11 +60,10 @@ def analyse_unseen(experiment):
             result.uniform = float(context[0, :, 0].mean())      # nothing seen yet: exactly ln V
         if k != reference:
             change = difference_interval(means[k], means[reference])
-            row.change, row.p_holm = Interval.of(change, 0), float(change["p_value"][0])
+            row.change = Interval.of(change, 0)
+            changed.append((row, float(change["p_value"][0])))
         result.rows.append(row)
-    changed = [r for r in result.rows if r.change is not None]
-    for row, p in zip(changed, holm_over_claims([(r.change, r.p_holm) for r in changed])):
-        row.p_holm = p
+    with_holm(changed, lambda row: row.change)
     if result.uniform is None:
         result.reason = "no in-context reference (it exists on synthetic data only): the model's XE alone"
     return result

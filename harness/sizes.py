@@ -16,7 +16,7 @@ from harness.analysis import Interval, by_k, column, stack_view, summarise_cell,
 from harness.decomposition import PARTS, decompose, experiment_part_terms
 from harness.experiments import differences
 from harness.laws import fit_linear_in_log_k, run_level_replicates
-from harness.claims import holm_over_claims
+from harness.claims import with_holm
 from harness.stats import combination_interval, crossed_mean, crossed_paired_difference
 
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")     # experiments that differ only here are one family
@@ -85,7 +85,7 @@ def size_result(x, first, n_boot, boot_seed):
         if learner is not None:
             gap = crossed_mean(window_stats(model.astype(np.float64) - learner), docs)
             result.learner_gap[k] = Interval.of(gap, 0)
-    return result, cells, docs
+    return result, cells, docs, experiment_part_terms(x, first, docs)
 
 
 def analyse_sizes(experiments, main, first, n_boot=0, boot_seed=0):
@@ -96,31 +96,25 @@ def analyse_sizes(experiments, main, first, n_boot=0, boot_seed=0):
     found = [size_result(x, first, n_boot, boot_seed) for x in family]
     found.sort(key=lambda f: f[0].n_params)
     sizes = Sizes([f[0] for f in found])
-    for (a, cells_a, docs), (b, cells_b, _) in itertools.combinations(found, 2):
-        pair = []
+    for (a, cells_a, docs, terms_a), (b, cells_b, _, terms_b) in itertools.combinations(found, 2):
+        xe = []
         for k in sorted(set(cells_a) & set(cells_b)):
             larger, smaller = (window_stats(stack_view(c[k], [first])[0]) for c in (cells_b, cells_a))
             diff = crossed_paired_difference(larger, smaller, docs)
-            pair.append((SizeContrast(k, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
-        for (contrast, _), p in zip(pair, holm_over_claims([(c.difference, p) for c, p in pair])):
-            contrast.p_holm = p
-            sizes.contrasts.append(contrast)
-        sizes.part_contrasts += part_contrasts(a, b, experiments[a.experiment], experiments[b.experiment], first,
-                                               docs)
+            xe.append((SizeContrast(k, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
+        sizes.contrasts += with_holm(xe)
+        sizes.part_contrasts += part_contrasts(a, b, terms_a, terms_b)
     return sizes
 
 
-def part_contrasts(a, b, experiment_a, experiment_b, first, docs):
+def part_contrasts(a, b, terms_a, terms_b):
     """Which parts of the K effect change with size: part(b) - part(a), signed, at every K and part
-    both sizes split, each a combination of the four arms' cells on the same windows (each size's
-    seeds separate runs), Holm over the pair's K values and parts that can support a claim."""
-    terms_a, terms_b = (experiment_part_terms(x, first, docs) for x in (experiment_a, experiment_b))
+    both sizes split (decomposition.experiment_part_terms), each a combination of the four arms'
+    cells on the same windows (each size's seeds separate runs)."""
     found = []
     for k in sorted(set(terms_a) & set(terms_b)):
         for part in (p for p in PARTS if p in terms_a[k] and p in terms_b[k]):
             cells = terms_b[k][part] + [(cell, -coef) for cell, coef in terms_a[k][part]]
             diff = combination_interval(cells, cells[0][0].weights)
             found.append((PartContrast(k, part, a.size, b.size, Interval.of(diff, 0)), diff["p_value"][0]))
-    for (contrast, _), p in zip(found, holm_over_claims([(c.difference, p) for c, p in found])):
-        contrast.p_holm = p
-    return [contrast for contrast, _ in found]
+    return with_holm(found)
