@@ -22,7 +22,6 @@ Writes out/<run>/eval.npz (per-window, per-position losses in nats, keyed "model
 out/<run>/eval.json (the summary, with the learner's fitted Dirichlet concentrations; written last).
 """
 import contextlib
-import errno
 import os
 import time
 import zipfile
@@ -38,9 +37,9 @@ from model import (GPT, GPTConfig, autocast_for, batched_losses, logits_batch, r
                    resolve_dtype)
 from harness.references import (bayes_losses, fit_alpha, fit_shared_alpha, in_context_losses, learner1_losses,
                                 learner_losses, transition_counts)
-from harness.runs import (EVALUATION_CODE, atomic_path, code_fingerprint, experiment_identity, load_checkpoint,
-                          lock_folder, read_json, read_run_file, run_arm, run_identity, stop_with_sweep,
-                          trained_on, write_json)
+from harness.runs import (EVALUATION_CODE, atomic_path, code_fingerprint, experiment_identity,
+                          full_disk_is_one_line, load_checkpoint, lock_folder, read_json, read_run_file,
+                          run_arm, run_identity, stop_with_sweep, trained_on, write_json)
 
 # -----------------------------------------------------------------------------
 eval_windows = 1000         # windows per category in the fixed evaluation set
@@ -281,17 +280,13 @@ def score(model, dataset, evalset, evalset_sha, saved, run_dir, cfg, device):
 def write_evaluation(run_dir, arrays, result):
     """eval.npz, then eval.json naming its sha: one unit (a kill between the two leaves a pair that
     previous_evaluation and plot see as torn). A full disk is one line; nothing else changes."""
-    try:
+    with full_disk_is_one_line(f"no space left on the device writing {run_dir}'s evaluation; free some space "
+                               f"and run the same command (the run itself is untouched)"):
         with atomic_path(os.path.join(run_dir, "eval.npz")) as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
         result["npz_sha"] = file_sha(os.path.join(run_dir, "eval.npz"))
         write_json(os.path.join(run_dir, "eval.json"), result)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"no space left on the device writing {run_dir}'s evaluation; free some space and "
-                            f"run the same command (the run itself is untouched)")
-        raise
 
 
 def evaluate_run(run_dir, cfg, dataset_cache, device):

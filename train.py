@@ -17,7 +17,6 @@ holds this run. Kill it at any time: the same command resumes from the last chec
 bit-identically (on CPU) to an uninterrupted run; a finished run does nothing.
 """
 import contextlib
-import errno
 import importlib.util
 import json
 import math
@@ -36,8 +35,9 @@ from harness.mixture import Mixture, StepPlan, WindowSource, resolve_mixture, st
 from model import (GPT, GPTConfig, StepClock, autocast_for, batched_losses, logits_batch, resolve_device,
                    resolve_dtype, resolve_loss_impl, resolve_switch, LOSS_IMPLS, device_peak_flops)
 from harness.runs import (TRAINING_CODE, atomic_path, code_fingerprint, default_run_name, duration,
-                          experiment_identity, identity_config, load_checkpoint, lock_folder, provenance,
-                          read_log, read_run_file, run_identity, size_label, stop_with_sweep, write_json)
+                          experiment_identity, full_disk_is_one_line, identity_config, load_checkpoint,
+                          lock_folder, provenance, read_log, read_run_file, run_identity, size_label,
+                          stop_with_sweep, write_json)
 
 # -----------------------------------------------------------------------------
 # config (module globals are the defaults; override with config files and --key=value)
@@ -347,16 +347,11 @@ def save_checkpoint(job, model, state):
             **({"optimizer": model.optimizer.state_dict()} if keep_optimizer else {}),
             "step": state.step, "tokens_seen": state.tokens_seen.tolist(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    try:
+    kept = "its previous checkpoint is kept" if os.path.exists(job.paths.ckpt) else "no checkpoint was kept"
+    with full_disk_is_one_line(f"could not write {job.paths.ckpt} (no space left on the device?); {kept}: free "
+                               f"some space and run the same command to resume"):
         with atomic_path(job.paths.ckpt) as tmp:
             torch.save(ckpt, tmp)
-    except (OSError, RuntimeError) as e:      # torch reports a full disk as a RuntimeError
-        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT) or \
-                isinstance(e, RuntimeError) and "write" not in str(e):
-            raise
-        kept = "its previous checkpoint is kept" if os.path.exists(job.paths.ckpt) else "no checkpoint was kept"
-        raise UserError(f"could not write {job.paths.ckpt} (no space left on the device?); {kept}: free some "
-                        f"space and run the same command to resume")
 
 
 # -----------------------------------------------------------------------------

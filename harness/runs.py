@@ -71,6 +71,22 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+@contextmanager
+def full_disk_is_one_line(message):
+    """A full disk inside the block (ENOSPC or EDQUOT; torch.save reports it as a RuntimeError of
+    its write) becomes UserError(message): one line that says what was kept and what to run."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(message) from e
+    except RuntimeError as e:
+        if "write" not in str(e):
+            raise
+        raise UserError(message) from e
+
+
 def read_run_file(path, folder, required=True):
     """A JSON file of a run folder; a damaged one is one line naming it (or None if not required)."""
     try:
