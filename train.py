@@ -496,7 +496,7 @@ def train_loop(job, model, state, batches, val_windows, log):
             # the step's mean over all its targets, across ranks (DDP averages gradients)
             total_targets = int(n_targets.sum())
             loss = train_step(model.net, model.optimizer, x, y, model.autocast, job.place.world / total_targets,
-                              cfg.grad_clip, tags if model.raw.tag is not None else None)
+                              cfg.grad_clip, tags)
             t_end = clock.mark()
             state.step += 1
             np.add.at(state.tokens_seen, comp[comp >= 0], n_targets[comp >= 0])
@@ -576,7 +576,7 @@ def train(cfg, place):
     model, state = build_model(job, runtime, dataset.vocab_size)
     if master:
         write_run_config(job, runtime, dataset, model.raw, mixture, plan, state.step)
-    source = WindowSource(mixture.tokens, place.device, runtime.data_on_device)
+    source = WindowSource(mixture.tokens, place.device, runtime.data_on_device, tagged=model.raw.tag is not None)
     announce(job, runtime, model, mixture, state.step, log)
     train_loop(job, model, state, lambda step: source.step_batch(plan, cfg.seed, step, place.rank),
                validation_windows(dataset, share.components, cfg.val_windows), log)

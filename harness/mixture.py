@@ -227,10 +227,11 @@ class WindowSource:
     tokens live on the GPU and windows are gathered there, from an epoch's step plan uploaded
     once (no host-to-device copy and no sync per step, so the host queues steps ahead of the
     GPU); else windows are gathered from the host buffer by the numpy twin of the same arithmetic.
+    Only a tagged model's source (tagged=True) carries each row's component: other runs move no tags.
     """
 
-    def __init__(self, tokens, device, on_device):
-        self.device, self.on_device = device, on_device
+    def __init__(self, tokens, device, on_device, tagged=False):
+        self.device, self.on_device, self.tagged = device, on_device, tagged
         self.epoch, self.plan_on_device = None, None
         if on_device:
             self.tokens = torch.from_numpy(tokens.astype(np.int32)).to(device)
@@ -240,22 +241,24 @@ class WindowSource:
             self.tokens = tokens
 
     def step_batch(self, plan, seed, step, rank):
-        """A global step's (x, y, tags) for this rank, tags each row's component (0 for padding),
-        with the whole step's n_targets and components (every rank counts every row's tokens) and
-        its epoch."""
+        """A global step's (x, y, tags) for this rank, tags each row's component (0 for padding;
+        None unless tagged), with the whole step's n_targets and components (every rank counts
+        every row's tokens) and its epoch."""
         starts, n_targets, comp, epoch = plan.step(seed, step)
         if not self.on_device:
             mine = plan.for_rank((starts, n_targets, comp), rank)
             x, y = gather_windows(self.tokens, *mine[:2])
+            if not self.tagged:
+                return (*self.upload(x, y), None, n_targets, comp, epoch)
             return (*self.upload(x, y, np.maximum(mine[2], 0)), n_targets, comp, epoch)
         if self.epoch != (seed, epoch):
-            table = plan.epoch_table(seed, epoch)
+            starts_all, n_targets_all, comp_all = plan.epoch_table(seed, epoch)
+            columns = [starts_all, n_targets_all] + ([np.maximum(comp_all, 0)] if self.tagged else [])
             self.plan_on_device = [torch.from_numpy(np.ascontiguousarray(a[:, rank::plan.world])).to(self.device)
-                                   for a in (table[0], table[1], np.maximum(table[2], 0))]
+                                   for a in columns]
             self.epoch = (seed, epoch)
-        j = step % plan.steps_per_epoch
-        starts_j, n_targets_j, tags_j = (a[j] for a in self.plan_on_device)
-        return (*self.gather(starts_j, n_targets_j), tags_j, n_targets, comp, epoch)
+        rows = [a[step % plan.steps_per_epoch] for a in self.plan_on_device]
+        return (*self.gather(rows[0], rows[1]), rows[2] if self.tagged else None, n_targets, comp, epoch)
 
     def batch(self, starts, n_targets):
         """(x, y) of windows given as numpy arrays."""

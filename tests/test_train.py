@@ -170,7 +170,7 @@ def test_the_epoch_plan_uploaded_once_gives_every_steps_windows(tiny_synthetic):
     for world in (1, 2):
         plan = train.StepPlan(mix, batch_size=4, world=world)
         for rank in range(world):
-            host, dev = (WindowSource(mix.tokens, cpu, on_device=d) for d in (False, True))
+            host, dev = (WindowSource(mix.tokens, cpu, on_device=d, tagged=True) for d in (False, True))
             for step in range(3 * plan.steps_per_epoch):
                 a, b = host.step_batch(plan, 5, step, rank), dev.step_batch(plan, 5, step, rank)
                 assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))          # x, y and the tags
@@ -178,6 +178,8 @@ def test_the_epoch_plan_uploaded_once_gives_every_steps_windows(tiny_synthetic):
                 assert len(a[3]) == plan.rows and a[0].shape[0] == len(a[2]) == plan.rows // world
                 starts, _, comp, _ = plan.step(5, step)      # a row's tag is its window's component
                 assert a[2].tolist() == np.maximum(comp[rank::world], 0).tolist()
+                for d in (False, True):                      # an untagged run moves no tags
+                    assert WindowSource(mix.tokens, cpu, on_device=d).step_batch(plan, 5, step, rank)[2] is None
 
 
 @pytest.mark.parametrize("autocast", [False, True])
