@@ -299,12 +299,12 @@ def check_synthetic(cfg):
     checks = [(1 <= cfg.n_components <= 11, "n_components", "use 1 to 11 synthetic components"),
               (2 <= cfg.synth_vocab <= 4096, "synth_vocab", "use 2 to 4096 states (the chains are V x V)"),
               (cfg.concentration > 0, "concentration", "use a positive Dirichlet concentration, e.g. 0.03"),
-              (0 < cfg.floor <= 1, "floor", "use a uniform floor in (0, 1], e.g. 0.02")]
+              (0 < cfg.floor <= 1, "floor", "use a uniform floor in (0, 1], e.g. 0.02"),
+              (len(cfg.doc_tokens) == 2 and 1 <= cfg.doc_tokens[0] <= cfg.doc_tokens[1], "doc_tokens",
+               "give a range (min, max), e.g. --doc_tokens=1000,4000"),
+              (len(cfg.split_tokens) == 3 and min(cfg.split_tokens) >= 1, "split_tokens",
+               "give train, val, test token counts, each positive")]
     check_settings(cfg, checks)
-    if len(cfg.doc_tokens) != 2 or not 1 <= cfg.doc_tokens[0] <= cfg.doc_tokens[1]:
-        raise UserError(f"doc_tokens={cfg.doc_tokens}: give a range (min, max), e.g. --doc_tokens=1000,4000")
-    if len(cfg.split_tokens) != 3 or min(cfg.split_tokens) < 1:
-        raise UserError(f"split_tokens={cfg.split_tokens}: give train, val, test token counts, each positive")
 
 
 def write_synthetic(cfg, out):
@@ -461,8 +461,7 @@ def main(argv):
     cfg = SimpleNamespace(**configure(config_defaults(globals()), argv))
     if cfg.source not in ("arxiv", "synthetic"):
         raise UserError(f"source='{cfg.source}': use --source=arxiv or --source=synthetic")
-    if not 0 <= cfg.seed < 2 ** 63:
-        raise UserError(f"seed={cfg.seed}: use a seed >= 0 (and below 2**63)")
+    check_settings(cfg, [(0 <= cfg.seed < 2 ** 63, "seed", "use a seed >= 0 (and below 2**63)")])
     if cfg.source == "synthetic":
         check_synthetic(cfg)
     cfg.data_dir = cfg.data_dir or os.path.join("data", cfg.source)

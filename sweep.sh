@@ -40,7 +40,8 @@ done
 SEEDS=${SEEDS:-"1 2 3"}                       # seeds per K
 KS=${KS:-"1 2 3 4 5"}                         # numbers of components
 CONTROLS=${CONTROLS:-1}                       # 1: beside every K >= 2 mixture and seed, its arms (0: none)
-ARMS=${ARMS:-"control exposure tagged"}       # which arms (harness/mixture.py ARMS): the steps-matched
+ALL_ARMS="control exposure tagged"            # harness/mixture.py ARMS beside the mixture
+ARMS=${ARMS:-$ALL_ARMS}                       # which arms: the steps-matched
                                               # and exposure-matched controls, the tagged mixture
 OUT=${OUT:-out}                               # runs root
 RESULTS=${RESULTS:-results}                   # figures, tables, REPORT.md
@@ -74,8 +75,8 @@ done
 for seed in $SEEDS; do [[ $seed =~ ^(0|[1-9][0-9]*)$ ]] || {
   echo "error: SEEDS=\"$SEEDS\": each seed is a whole number, 0 or more, e.g. SEEDS=\"1 2 3\"" >&2; exit 2; }
 done
-for arm in $ARMS; do [[ " control exposure tagged " == *" $arm "* ]] || {   # harness/mixture.py ARMS
-  echo "error: ARMS=\"$ARMS\": '$arm' is not an arm; use some of: control exposure tagged" >&2; exit 2; }
+for arm in $ARMS; do [[ " $ALL_ARMS " == *" $arm "* ]] || {
+  echo "error: ARMS=\"$ARMS\": '$arm' is not an arm; use some of: $ALL_ARMS" >&2; exit 2; }
 done
 
 VISIBLE_GPUS=${CUDA_VISIBLE_DEVICES:-}        # the user's list, before slots narrow it per run

@@ -102,7 +102,7 @@ def read_run(folder):
     if torn:
         return f"eval.json and eval.npz are not one evaluation (interrupted between them); re-run " \
                f"`python evaluate.py {folder} --force`"
-    if "identity" not in ev or ev.get("identity") != config.get("identity"):
+    if ev["identity"] != config.get("identity"):
         return f"evaluated before this version or for another run; re-run `python evaluate.py {folder}`"
     if ev.get("checkpoint_step") != done.get("steps"):
         return (f"its checkpoint (step {ev.get('checkpoint_step')}) is not the finished run `done` "

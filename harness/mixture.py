@@ -154,10 +154,10 @@ def training_share(dataset, cfg):
     if cfg.arm not in ARMS:
         raise UserError(f"arm={cfg.arm!r}: use one of {', '.join(ARMS)}")
     epochs = cfg.epochs
-    if cfg.arm in ("control", "exposure", "tagged") and len(names) < 2:
+    if cfg.arm != "mixture" and len(names) < 2:
         raise UserError(f"arm={cfg.arm} is a twin of a mixture of K >= 2 components; use --k=2 or more")
     if cfg.arm in ("control", "exposure"):
-        epochs = cfg.epochs * len(names) if cfg.arm == "control" else cfg.epochs
+        epochs *= len(names) if cfg.arm == "control" else 1
         names, quotas, weights = names[:1], quotas[:1], [1.0]
     if min(quotas) < cfg.batch_size * BLOCK:
         raise UserError(f"token_budget={sum(quotas):,} gives {names[0]} {min(quotas):,} tokens, less "
